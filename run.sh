@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's one entry point; each command sets itself up (a venv in .venv, installed from
+# pyproject.toml) on a fresh machine.
+#   ./run.sh demo        build an index on the bundled real data: results, recall, speed
+#   ./run.sh test        the test suite (tests that need the full dataset skip without it)
+#   ./run.sh bench ...   the benchmark against hnswlib, faiss and usearch (benchmarks/)
+set -euo pipefail
+cd "$(dirname "$0")"
+cmd="${1:-demo}"
+shift || true
+
+extras=test
+[ "$cmd" = bench ] && extras=bench,test
+venv=.venv
+stamp="$venv/.installed-$extras-$(cksum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+  touch "$stamp"
+fi
+py="$venv/bin/python"
+
+case "$cmd" in
+  demo)  exec "$py" -m shoal.demo "$@" ;;
+  test)  exec "$py" -m pytest -q "$@" ;;
+  bench) exec "$py" benchmarks/bench_core.py "$@" ;;
+  *) echo "usage: ./run.sh {demo|test|bench} [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,26 @@
+"""shoal: an embedded vector database whose core is a numba HNSW index."""
+
+from shoal.errors import (
+    CorruptIndexError,
+    DimensionMismatchError,
+    DuplicateIdError,
+    IdNotFoundError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    ShoalError,
+)
+from shoal.index import Index
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CorruptIndexError",
+    "DimensionMismatchError",
+    "DuplicateIdError",
+    "IdNotFoundError",
+    "Index",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "ShoalError",
+    "__version__",
+]

@@ -1,0 +1,105 @@
+"""Turn user input into the C-contiguous float32 / int64 arrays the kernels take, or raise.
+
+Every check happens here, before any state changes, so bad input never corrupts an index.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from shoal.errors import DimensionMismatchError, InvalidArgumentError, InvalidTypeError
+from shoal.kernels.distance import first_nonfinite_row, row_norms
+
+METRICS = {"cosine": 0, "ip": 0, "l2": 1}
+
+
+def metric_code(metric: object) -> int:
+    """Kernel code of a metric name: 0 = inner product (cosine is normalised ip), 1 = l2."""
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise InvalidArgumentError(
+            f"metric must be one of {sorted(METRICS)}, got {metric!r}"
+        )
+    return METRICS[metric]
+
+
+def positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """An integer >= minimum (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def vectors(data: object, dim: int, name: str = "vectors", normalize: bool = False) -> np.ndarray:
+    """A (n, dim) C-contiguous float32 matrix of finite values; a 1-D input is one row.
+
+    With ``normalize`` the rows are scaled to unit length (zero rows are refused).
+    """
+    if isinstance(data, (str, bytes)) or data is None:
+        raise InvalidTypeError(f"{name} must be a numeric array, got {type(data).__name__}")
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged lists and the like
+        raise InvalidArgumentError(f"{name} must be a rectangular numeric array: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise InvalidTypeError(
+            f"{name} must have a real numeric dtype (float or int), got {arr.dtype}"
+        )
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    elif arr.ndim != 2:
+        raise InvalidArgumentError(
+            f"{name} must be 1-D (one vector) or 2-D (n, {dim}), got {arr.ndim}-D shape {arr.shape}"
+        )
+    if arr.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"{name} must have dimension {dim}, got shape {arr.shape}"
+        )
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = first_nonfinite_row(out)
+    if bad >= 0:
+        raise InvalidArgumentError(f"{name} row {bad} contains NaN or Inf; all values must be finite")
+    if normalize and out.shape[0]:
+        norms = row_norms(out)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise InvalidArgumentError(
+                f"{name} rows {zero[:10].tolist()} have zero length; cosine needs non-zero vectors"
+            )
+        out = np.ascontiguousarray(out / norms[:, None], dtype=np.float32)
+    return out
+
+
+def ids(data: object, n: int, name: str = "ids") -> np.ndarray:
+    """A 1-D int64 array of n user ids."""
+    if isinstance(data, (str, bytes)):
+        raise InvalidTypeError(f"{name} must be integers, got {type(data).__name__}")
+    arr = np.asarray(data)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidTypeError(f"{name} must be integers (int64), got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidArgumentError(f"{name} must fit in int64")
+    if arr.shape[0] != n:
+        raise InvalidArgumentError(f"{name} has {arr.shape[0]} entries but there are {n} vectors")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def num_threads(value: object, available: int) -> int:
+    """A thread count in [1, available]; None means all."""
+    if value is None:
+        return available
+    value = positive_int(value, "num_threads")
+    if value > available:
+        raise InvalidArgumentError(
+            f"num_threads must be <= {available} (numba's NUMBA_NUM_THREADS), got {value}"
+        )
+    return value

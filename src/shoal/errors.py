@@ -1,0 +1,44 @@
+"""shoal's exceptions. Each knows the HTTP status a server should answer with.
+
+Bad input raises a subclass of the builtin a Python user expects (``ValueError``,
+``TypeError``, ``KeyError``), so ``except ValueError`` keeps working.
+"""
+
+
+class ShoalError(Exception):
+    """Base class of every error shoal raises on purpose."""
+
+    http_status = 500
+
+
+class InvalidArgumentError(ShoalError, ValueError):
+    """An argument has the right type but a value shoal cannot accept."""
+
+    http_status = 400
+
+
+class InvalidTypeError(ShoalError, TypeError):
+    """An argument has a type shoal cannot accept."""
+
+    http_status = 400
+
+
+class DimensionMismatchError(InvalidArgumentError):
+    """Vectors whose dimension differs from the index's."""
+
+
+class DuplicateIdError(InvalidArgumentError):
+    """Ids that are repeated in a batch or already stored."""
+
+
+class IdNotFoundError(ShoalError, KeyError):
+    """Ids that are not in the index."""
+
+    http_status = 404
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptIndexError(ShoalError):
+    """A saved index file that is truncated, damaged or not a shoal file."""

@@ -1,0 +1,485 @@
+"""``Index``: an in-memory HNSW graph index laid out as structure of arrays.
+
+State (``capacity`` rows allocated, ``count`` used; capacity grows geometrically):
+
+- ``vectors``   float32 (capacity, dim): the stored rows (unit length under cosine);
+- ``ids``       int64 (capacity): the user's id of each node (internal row number);
+- ``levels``    int8 (capacity): the top level of each node;
+- ``links0``    int32 (capacity, 2*m), ``deg0`` int32 (capacity): level-0 neighbours;
+- ``up_offset`` int32 (capacity): first row in the upper-level pool of a node with level >= 1
+  (-1 otherwise); its links on level l are pool row ``up_offset + l - 1``;
+- ``links_up``  int32 (pool, m), ``deg_up`` int32 (pool): the upper-level pool.
+
+Distances are returned in the metric's own convention: ``cosine`` -> ``1 - cos``, ``ip`` ->
+``1 - <q, x>``, ``l2`` -> squared Euclidean distance. Smaller is closer for all three.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numba
+import numpy as np
+
+from shoal import _validate
+from shoal.errors import DuplicateIdError, IdNotFoundError, InvalidArgumentError
+from shoal.kernels.build import (
+    link_batch,
+    mark_reachable,
+    merge_reverse,
+    reverse_keys,
+    unreachable_nodes,
+)
+from shoal.kernels.distance import distances_to_rows
+from shoal.kernels.search import search_batch
+
+MAX_LEVEL = 31
+#: A batch holds at most this fraction of the index being built (ParlayANN's default).
+BATCH_FRACTION = 0.02
+#: ... but at least this many nodes once the graph is large enough, for parallel work.
+MIN_BATCH = 256
+SHUFFLE = True
+REPAIR_PASSES = 64
+
+
+class Index:
+    """An HNSW index (Malkov & Yashunin, 2018) over float32 vectors with int64 ids.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension of the vectors.
+    metric : {"cosine", "ip", "l2"}
+        ``cosine`` normalises vectors at insert and searches by inner product.
+    m : int
+        Links per node on the upper levels; level 0 keeps up to ``2*m`` (the paper's M).
+    ef_construction : int
+        Beam width of the searches that pick a new node's neighbours (the paper's
+        efConstruction). The default 64 reaches recall@10 >= 0.95 on 384-d sentence
+        embeddings at search ``ef`` about 30 (see the README's sweep).
+    seed : int
+        Seeds the level draws; the same seed and data give the same graph whatever the
+        number of threads.
+    """
+
+    def __init__(self, dim: int, metric: str = "cosine", *, m: int = 16,
+                 ef_construction: int = 64, seed: int = 0) -> None:
+        self._dim = _validate.positive_int(dim, "dim")
+        self._metric_code = _validate.metric_code(metric)
+        self._metric = metric
+        self._m = _validate.positive_int(m, "m", minimum=2)
+        self._ef_construction = _validate.positive_int(ef_construction, "ef_construction")
+        self._seed = _validate.positive_int(seed, "seed", minimum=0)
+        self._rng = np.random.default_rng(self._seed)
+        self._count = 0
+        self._pool_count = 0
+        self._entry = -1
+        self._top_level = -1
+        self._allocate(0, 0)
+        self._sorted_ids = np.empty(0, np.int64)
+        self._sorted_nodes = np.empty(0, np.int32)
+        self._scratch: list[tuple[np.ndarray, np.ndarray]] = []
+        self.last_add_stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def metric(self) -> str:
+        return self._metric
+
+    @property
+    def m(self) -> int:
+        return self._m
+
+    @property
+    def ef_construction(self) -> int:
+        return self._ef_construction
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, id_: object) -> bool:
+        try:
+            key = _validate.ids(id_, 1, "id")
+        except (TypeError, ValueError):
+            return False
+        return bool(self._lookup(key)[0] >= 0)
+
+    def __repr__(self) -> str:
+        return (f"Index(dim={self._dim}, metric={self._metric!r}, m={self._m}, "
+                f"ef_construction={self._ef_construction}, count={self._count})")
+
+    # ------------------------------------------------------------------ storage arrays
+    def _allocate(self, capacity: int, pool: int) -> None:
+        width = 2 * self._m
+        self._vectors = np.zeros((capacity, self._dim), np.float32)
+        self._ids = np.zeros(capacity, np.int64)
+        self._levels = np.zeros(capacity, np.int8)
+        self._links0 = np.full((capacity, width), -1, np.int32)
+        self._deg0 = np.zeros(capacity, np.int32)
+        self._up_offset = np.full(capacity, -1, np.int32)
+        self._links_up = np.full((pool, self._m), -1, np.int32)
+        self._deg_up = np.zeros(pool, np.int32)
+
+    @staticmethod
+    def _grown(arr: np.ndarray, rows: int, fill: int) -> np.ndarray:
+        out = np.full((rows,) + arr.shape[1:], fill, arr.dtype)
+        out[: arr.shape[0]] = arr
+        return out
+
+    def _reserve(self, count: int, pool: int) -> None:
+        """Make room for ``count`` nodes and ``pool`` upper-level rows (geometric growth)."""
+        cap = self._vectors.shape[0]
+        if count > cap:
+            new = count if cap == 0 else max(count, cap + cap // 2)
+            self._vectors = self._grown(self._vectors, new, 0)
+            self._ids = self._grown(self._ids, new, 0)
+            self._levels = self._grown(self._levels, new, 0)
+            self._links0 = self._grown(self._links0, new, -1)
+            self._deg0 = self._grown(self._deg0, new, 0)
+            self._up_offset = self._grown(self._up_offset, new, -1)
+            self._scratch = []
+        if pool > self._links_up.shape[0]:
+            cap = self._links_up.shape[0]
+            new = max(pool, cap + cap // 2, 16)
+            self._links_up = self._grown(self._links_up, new, -1)
+            self._deg_up = self._grown(self._deg_up, new, 0)
+
+    def _take_scratch(self, chunks: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-worker visited tags (chunks, capacity) uint16; reused across calls, never shared."""
+        cap = self._vectors.shape[0]
+        try:
+            visited, tags = self._scratch.pop()
+            if visited.shape == (chunks, cap):
+                return visited, tags
+        except IndexError:
+            pass
+        return np.zeros((chunks, cap), np.uint16), np.zeros(chunks, np.uint16)
+
+    # ------------------------------------------------------------------ ids
+    def _lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Nodes of ``ids`` (int64), -1 where absent."""
+        pos = np.searchsorted(self._sorted_ids, ids)
+        pos = np.minimum(pos, max(len(self._sorted_ids) - 1, 0))
+        if len(self._sorted_ids) == 0:
+            return np.full(len(ids), -1, np.int32)
+        found = self._sorted_ids[pos] == ids
+        return np.where(found, self._sorted_nodes[pos], -1).astype(np.int32)
+
+    def _index_ids(self, start: int) -> None:
+        """Merge the ids of nodes ``start .. count-1`` into the sorted lookup."""
+        new_ids = self._ids[start:self._count]
+        all_ids = np.concatenate([self._sorted_ids, new_ids])
+        all_nodes = np.concatenate([self._sorted_nodes,
+                                    np.arange(start, self._count, dtype=np.int32)])
+        order = np.argsort(all_ids, kind="stable")
+        self._sorted_ids = all_ids[order]
+        self._sorted_nodes = all_nodes[order]
+
+    # ------------------------------------------------------------------ add
+    def add(self, vectors: Any, ids: Any = None, *, num_threads: int | None = None) -> np.ndarray:
+        """Insert a batch of vectors; returns their ids (int64).
+
+        Parameters
+        ----------
+        vectors : array-like, (n, dim) or (dim,)
+            Finite real numbers; under cosine, non-zero rows (stored normalised).
+        ids : array-like of int, (n,), optional
+            Unique int64 ids; by default the next ``n`` integers after the largest id stored
+            (``0 .. n-1`` for a new index).
+        num_threads : int, optional
+            Worker threads (default: all of numba's).
+        """
+        threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
+        x = _validate.vectors(vectors, self._dim, "vectors", normalize=self._metric == "cosine")
+        n = x.shape[0]
+        if ids is None:
+            first = int(self._sorted_ids[-1]) + 1 if self._count else 0
+            new_ids = np.arange(first, first + n, dtype=np.int64)
+        else:
+            new_ids = _validate.ids(ids, n)
+            self._check_new_ids(new_ids)
+        if n == 0:
+            return new_ids
+        levels = np.minimum(
+            np.floor(-np.log1p(-self._rng.random(n)) / math.log(self._m)), MAX_LEVEL
+        ).astype(np.int8)
+        # Insert in a seeded random order: rows a user passes in order are often each other's
+        # neighbours, and nodes of one batch never link to each other directly.
+        order = self._rng.permutation(n) if SHUFFLE else np.arange(n)
+        start = self._count
+        stop = start + n
+        upper = levels.astype(np.int64)
+        pool_stop = self._pool_count + int(upper.sum())
+        self._reserve(stop, pool_stop)
+        np.take(x, order, axis=0, out=self._vectors[start:stop])
+        self._ids[start:stop] = new_ids[order]
+        self._levels[start:stop] = levels
+        offsets = self._pool_count + np.cumsum(upper) - upper
+        self._up_offset[start:stop] = np.where(upper > 0, offsets, -1)
+        self._pool_count = pool_stop
+        self._count = stop
+        self._index_ids(start)
+
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            evals = self._insert(start, stop, threads)
+        finally:
+            numba.set_num_threads(previous)
+        repaired = self._repair_reachability(threads)
+        self.last_add_stats = {
+            "inserted": n,
+            "distance_evaluations": evals,
+            "distance_evaluations_per_insert": evals / n,
+            "repaired_links": repaired,
+        }
+        return new_ids
+
+    def _check_new_ids(self, new_ids: np.ndarray) -> None:
+        uniq, counts = np.unique(new_ids, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][:10].tolist()
+            raise DuplicateIdError(f"ids are repeated within the batch: {dup}")
+        present = new_ids[self._lookup(new_ids) >= 0]
+        if present.size:
+            raise DuplicateIdError(
+                f"ids are already in the index: {present[:10].tolist()} (upsert comes with collections)"
+            )
+
+    def _insert(self, start: int, stop: int, threads: int) -> int:
+        """Link nodes ``start .. stop-1`` into the graph, batch by batch (prefix doubling)."""
+        evals = 0
+        pos = start
+        if self._entry < 0:  # the first node is the graph
+            self._entry = pos
+            self._top_level = int(self._levels[pos])
+            pos += 1
+        max_batch = max(MIN_BATCH, int(BATCH_FRACTION * stop))
+        visited, tags = self._take_scratch(threads)
+        while pos < stop:
+            end = min(stop, pos + max(1, min(pos, max_batch)))
+            evals += int(link_batch(
+                self._vectors, self._levels, self._links0, self._deg0, self._links_up,
+                self._deg_up, self._up_offset, pos, end, self._entry, self._top_level,
+                self._m, self._ef_construction, self._metric_code, visited, tags).sum())
+            top_new = int(self._levels[pos:end].max())
+            for level in range(min(top_new, self._top_level) + 1):
+                links, degs = (self._links0, self._deg0) if level == 0 else (self._links_up, self._deg_up)
+                keys = reverse_keys(links, degs, self._up_offset, self._levels, pos, end, level)
+                evals += int(merge_reverse(keys, self._vectors, links, degs, self._up_offset,
+                                           level, self._metric_code))
+            if top_new > self._top_level:
+                self._entry = pos + int(np.argmax(self._levels[pos:end]))
+                self._top_level = top_new
+            pos = end
+        self._scratch.append((visited, tags))
+        return evals
+
+    def _repair_reachability(self, threads: int) -> int:
+        """Give every node that level 0 cannot reach from the entry an in-link from a reachable
+        node (pruning can strand a node, and so can inner product, under which some vectors are
+        nobody's neighbour). Returns the number of links written.
+
+        A stranded node ``u`` gets a link from the nearest reachable node with a free slot among
+        its own out-neighbours and the nodes a search for it finds. Only appends: each pass makes
+        ``u`` and all it reaches reachable. Should every candidate be full, a link whose target
+        has another in-link is replaced instead.
+        """
+        written = 0
+        width = self._links0.shape[1]
+        n = self._count
+        for _ in range(REPAIR_PASSES):
+            stranded = unreachable_nodes(self._links0, self._deg0, self._entry, n)
+            if stranded.size == 0:
+                break
+            reachable = np.ones(n, bool)
+            reachable[stranded] = False
+            rows = self._links0[:n]
+            indeg = np.bincount(rows[rows >= 0], minlength=n)
+            found, _ = self._search_nodes(self._vectors[stranded], min(32, n), 64, threads)
+            for u, hits in zip(stranded, found):
+                if reachable[u]:  # reached through a node linked earlier in this pass
+                    continue
+                own = self._links0[u, : self._deg0[u]]
+                d = distances_to_rows(self._vectors[u], self._vectors, own, self._metric_code)
+                cand = np.concatenate([own[np.argsort(d, kind="stable")], hits[hits >= 0]])
+                cand = cand[reachable[cand] & (cand != u)]
+                if cand.size == 0:
+                    cand = np.array([self._entry], np.int32)
+                room = cand[self._deg0[cand] < width]
+                if room.size:
+                    v = int(room[0])
+                    slot = int(self._deg0[v])
+                    self._deg0[v] += 1
+                else:
+                    v = int(cand[0])
+                    spare = np.flatnonzero(indeg[self._links0[v]] >= 2)
+                    slot = int(spare[-1]) if spare.size else width - 1
+                    indeg[self._links0[v, slot]] -= 1
+                self._links0[v, slot] = u
+                indeg[u] += 1
+                mark_reachable(self._links0, self._deg0, reachable, u)
+                written += 1
+        return written
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: Any, k: int = 10, *, ef: int | None = None,
+               num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored vectors of each query.
+
+        Parameters
+        ----------
+        queries : array-like, (nq, dim) or (dim,)
+        k : int
+            Neighbours per query.
+        ef : int, optional
+            Beam width of the level-0 search (the paper's ef), >= k. Default ``max(k, 64)``.
+        num_threads : int, optional
+            Worker threads for a batch (default: all of numba's).
+
+        Returns
+        -------
+        ids : int64 (nq, k), or (k,) for one 1-D query; -1 pads when fewer than k are found
+        distances : float32, same shape; +inf pads (see the module docstring for conventions)
+        """
+        threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
+        k = _validate.positive_int(k, "k")
+        ef = max(k, 64) if ef is None else _validate.positive_int(ef, "ef")
+        if ef < k:
+            raise InvalidArgumentError(f"ef must be >= k ({k}), got {ef}")
+        one = np.ndim(queries) == 1
+        q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
+        nodes, dists = self._search_nodes(q, k, ef, threads)
+        labels = np.full(nodes.shape, -1, np.int64)
+        found = nodes >= 0
+        labels[found] = self._ids[nodes[found]]
+        if one:
+            return labels[0], dists[0]
+        return labels, dists
+
+    def _search_nodes(self, q: np.ndarray, k: int, ef: int, threads: int):
+        nq = q.shape[0]
+        if self._count == 0 or nq == 0:
+            return np.full((nq, k), -1, np.int32), np.full((nq, k), np.inf, np.float32)
+        chunks = max(1, min(threads, nq))
+        visited, tags = self._take_scratch(chunks)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            nodes, dists, evals = search_batch(
+                q, k, ef, self._vectors, self._links0, self._deg0, self._links_up,
+                self._deg_up, self._up_offset, self._entry, self._top_level, self._count,
+                self._metric_code, visited, tags)
+        finally:
+            numba.set_num_threads(previous)
+        self._scratch.append((visited, tags))
+        self.last_search_evaluations = evals
+        return nodes, dists
+
+    # ------------------------------------------------------------------ access
+    def get(self, ids: Any) -> np.ndarray:
+        """Stored vectors of ``ids`` (float32 (n, dim); unit length under cosine).
+
+        Raises ``IdNotFoundError`` (a ``KeyError``) naming the ids that are absent.
+        """
+        one = np.ndim(ids) == 0
+        keys = _validate.ids(ids, np.size(ids), "ids")
+        nodes = self._lookup(keys)
+        if (nodes < 0).any():
+            raise IdNotFoundError(f"ids not in the index: {keys[nodes < 0][:10].tolist()}")
+        out = self._vectors[nodes].copy()
+        return out[0] if one else out
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids stored, in insertion order (int64, a copy)."""
+        return self._ids[: self._count].copy()
+
+    def stats(self) -> dict[str, Any]:
+        """Levels, degrees and memory of the graph."""
+        n = self._count
+        levels = self._levels[:n]
+        per_level = np.bincount(levels, minlength=max(self._top_level + 1, 1)) if n else np.zeros(1, np.int64)
+        nodes_at = np.cumsum(per_level[::-1])[::-1]
+        arrays = [self._vectors, self._ids, self._levels, self._links0, self._deg0,
+                  self._up_offset, self._links_up, self._deg_up, self._sorted_ids,
+                  self._sorted_nodes]
+        upper = self._deg_up[: self._pool_count]
+        return {
+            "count": n,
+            "dim": self._dim,
+            "metric": self._metric,
+            "m": self._m,
+            "ef_construction": self._ef_construction,
+            "capacity": int(self._vectors.shape[0]),
+            "levels": int(self._top_level + 1),
+            "nodes_per_level": nodes_at.tolist(),
+            "entry_point": int(self._entry),
+            "mean_degree_level0": float(self._deg0[:n].mean()) if n else 0.0,
+            "mean_degree_upper": float(upper.mean()) if upper.size else 0.0,
+            "memory_bytes": int(sum(a.nbytes for a in arrays)),
+            "vector_bytes": int(self._vectors.nbytes),
+            "link_bytes": int(self._links0.nbytes + self._deg0.nbytes + self._links_up.nbytes
+                              + self._deg_up.nbytes + self._up_offset.nbytes),
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` atomically (temp file, fsync, rename, fsync directory).
+        The format is described in ``shoal.storage.format``."""
+        from shoal.storage.format import write_index
+
+        write_index(path, self._header(), self._sections())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = False, verify: bool | None = None) -> "Index":
+        """Read an index saved with ``save``.
+
+        With ``mmap=True`` the vectors are memory-mapped, not read; their checksum is then
+        checked only with ``verify=True`` (every other section is always checked). A damaged,
+        truncated or foreign file raises ``CorruptIndexError``.
+        """
+        from shoal.storage.format import read_index
+
+        header, sections = read_index(path, mmap=mmap, verify=(not mmap) if verify is None else verify)
+        return cls._from_parts(header, sections)
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "dim": self._dim, "metric": self._metric, "m": self._m,
+            "ef_construction": self._ef_construction, "seed": self._seed,
+            "count": self._count, "pool_count": self._pool_count, "entry": self._entry,
+            "top_level": self._top_level, "rng_state": self._rng.bit_generator.state,
+        }
+
+    def _sections(self) -> dict[str, np.ndarray]:
+        n, p = self._count, self._pool_count
+        return {
+            "vectors": self._vectors[:n], "ids": self._ids[:n], "levels": self._levels[:n],
+            "links0": self._links0[:n], "deg0": self._deg0[:n], "up_offset": self._up_offset[:n],
+            "links_up": self._links_up[:p], "deg_up": self._deg_up[:p],
+        }
+
+    @classmethod
+    def _from_parts(cls, header: dict[str, Any], sections: dict[str, np.ndarray]) -> "Index":
+        self = cls(header["dim"], header["metric"], m=header["m"],
+                   ef_construction=header["ef_construction"], seed=header["seed"])
+        self._rng.bit_generator.state = header["rng_state"]
+        self._count = header["count"]
+        self._pool_count = header["pool_count"]
+        self._entry = header["entry"]
+        self._top_level = header["top_level"]
+        for name, arr in sections.items():
+            setattr(self, "_" + name, arr)
+        self._index_ids(0)
+        return self

@@ -1,0 +1,213 @@
+"""Batch insertion: parallel candidate search, neighbour selection, reverse-edge merge.
+
+One batch of new nodes ``start .. stop-1`` is inserted in two lock-free phases:
+
+1. ``link_batch``: in parallel over new nodes, search the graph as it stood at the batch's
+   start (no old node links to a new one yet, so no search can reach a row being written) and
+   write each new node's own out-links (one writer per row).
+2. ``reverse_keys`` + ``merge_reverse``: the reverse edges (old node <- new node) are sorted by
+   target, and in parallel over targets each target appends its new sources and, if it
+   overflows, is pruned once with the heuristic (one writer per target row).
+
+Results depend only on the graph at the batch's start, so the graph is the same whatever the
+number of threads.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from shoal.kernels import KERNEL, KERNEL_PARALLEL
+from shoal.kernels.distance import distance
+from shoal.kernels.search import greedy_descend, next_tag, search_from
+
+
+@njit(**KERNEL)
+def select_neighbors(cand_n, cand_d, count, m, vectors, metric, out_n):
+    """HNSW's heuristic (algorithm 4): keep a candidate only if it is closer to the base node
+    than to every candidate already kept. Candidates are sorted by distance to the base.
+
+    Writes up to ``m`` nodes to ``out_n``; returns (kept, distance evaluations).
+    """
+    kept = 0
+    evals = 0
+    for i in range(count):
+        if kept == m:
+            break
+        c = cand_n[i]
+        good = True
+        for j in range(kept):
+            evals += 1
+            if distance(vectors[c], vectors[out_n[j]], metric) < cand_d[i]:
+                good = False
+                break
+        if good:
+            out_n[kept] = c
+            kept += 1
+    return kept, evals
+
+
+@njit(**KERNEL_PARALLEL)
+def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, start, stop,
+               entry, top_level, m, ef_construction, metric, visited, tags):
+    """Phase 1: find and write the out-links of new nodes ``start .. stop-1`` on every level
+    they share with the current graph (entry ``entry`` at level ``top_level``).
+
+    New nodes keep at most ``m`` links per level here. ``visited``/``tags`` are per-worker
+    scratch (see ``search_batch``). Returns distance evaluations int64 (stop - start,).
+    """
+    n = stop - start
+    evals = np.zeros(n, np.int64)
+    chunks = visited.shape[0]
+    width = links0.shape[1]
+    for c in prange(chunks):
+        beam_d = np.empty(ef_construction, np.float32)
+        beam_n = np.empty(ef_construction, np.int32)
+        beam_x = np.empty(ef_construction, np.bool_)
+        buf_n = np.empty(width, np.int32)
+        buf_d = np.empty(width, np.float32)
+        sel = np.empty(m, np.int32)
+        tag = tags[c]
+        for q in range(start + c * n // chunks, start + (c + 1) * n // chunks):
+            level_q = levels[q]
+            cur, cur_d, e = greedy_descend(vectors[q], vectors, links_up, deg_up, up_offset,
+                                           entry, top_level, level_q, metric)
+            for level in range(min(level_q, top_level), -1, -1):
+                tag = next_tag(visited[c], tag)
+                if level == 0:
+                    size, e2 = search_from(vectors[q], vectors, links0, deg0, up_offset, 0,
+                                           cur, cur_d, ef_construction, metric, visited[c],
+                                           tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+                else:
+                    size, e2 = search_from(vectors[q], vectors, links_up, deg_up, up_offset,
+                                           level, cur, cur_d, ef_construction, metric,
+                                           visited[c], tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+                kept, e3 = select_neighbors(beam_n, beam_d, size, m, vectors, metric, sel)
+                e += e2 + e3
+                if level == 0:
+                    links0[q, :kept] = sel[:kept]
+                    deg0[q] = kept
+                else:
+                    row = up_offset[q] + level - 1
+                    links_up[row, :kept] = sel[:kept]
+                    deg_up[row] = kept
+                cur = beam_n[0]
+                cur_d = beam_d[0]
+            evals[q - start] = e
+        tags[c] = tag
+    return evals
+
+
+@njit(**KERNEL)
+def reverse_keys(links, degs, up_offset, levels, start, stop, level):
+    """Sorted int64 keys ``target << 32 | source`` of the reverse edges on ``level`` of the
+    new nodes ``start .. stop-1`` (each key asks to add ``source`` to ``target``'s links)."""
+    total = 0
+    for q in range(start, stop):
+        if levels[q] >= level:
+            row = q if level == 0 else up_offset[q] + level - 1
+            total += degs[row]
+    keys = np.empty(total, np.int64)
+    k = 0
+    for q in range(start, stop):
+        if levels[q] >= level:
+            row = q if level == 0 else up_offset[q] + level - 1
+            for j in range(degs[row]):
+                keys[k] = (np.int64(links[row, j]) << 32) | q
+                k += 1
+    keys.sort()
+    return keys
+
+
+@njit(**KERNEL_PARALLEL)
+def merge_reverse(keys, vectors, links, degs, up_offset, level, metric):
+    """Phase 2: add the reverse edges in ``keys`` (from ``reverse_keys``) to their targets, in
+    parallel over targets; a target that would overflow its row is pruned once with the
+    heuristic over its old and new neighbours. Returns distance evaluations (int64)."""
+    n = keys.shape[0]
+    cap = links.shape[1]
+    if n == 0:
+        return 0
+    n_groups = 1
+    for i in range(1, n):
+        if (keys[i] >> 32) != (keys[i - 1] >> 32):
+            n_groups += 1
+    starts = np.empty(n_groups + 1, np.int64)
+    starts[0] = 0
+    g = 1
+    for i in range(1, n):
+        if (keys[i] >> 32) != (keys[i - 1] >> 32):
+            starts[g] = i
+            g += 1
+    starts[n_groups] = n
+    evals = np.zeros(n_groups, np.int64)
+    for g in prange(n_groups):
+        a = starts[g]
+        b = starts[g + 1]
+        p = np.int32(keys[a] >> 32)
+        row = p if level == 0 else up_offset[p] + level - 1
+        deg = degs[row]
+        if deg + (b - a) <= cap:
+            for j in range(a, b):
+                links[row, deg] = np.int32(keys[j] & 0xFFFFFFFF)
+                deg += 1
+            degs[row] = deg
+            continue
+        total = deg + (b - a)
+        cand_n = np.empty(total, np.int32)
+        cand_d = np.empty(total, np.float32)
+        for j in range(deg):
+            cand_n[j] = links[row, j]
+        for j in range(a, b):
+            cand_n[deg + j - a] = np.int32(keys[j] & 0xFFFFFFFF)
+        for j in range(total):
+            cand_d[j] = distance(vectors[p], vectors[cand_n[j]], metric)
+        order = np.argsort(cand_d, kind="mergesort")
+        cand_n = cand_n[order]
+        cand_d = cand_d[order]
+        out = np.empty(cap, np.int32)
+        kept, e = select_neighbors(cand_n, cand_d, total, cap, vectors, metric, out)
+        links[row, :kept] = out[:kept]
+        degs[row] = kept
+        evals[g] = total + e
+    return evals.sum()
+
+
+@njit(**KERNEL)
+def unreachable_nodes(links0, deg0, entry, count):
+    """Nodes < ``count`` that level 0 cannot reach from ``entry`` (breadth-first), int64."""
+    seen = np.zeros(count, np.bool_)
+    queue = np.empty(count, np.int32)
+    queue[0] = entry
+    seen[entry] = True
+    head = 0
+    tail = 1
+    while head < tail:
+        u = queue[head]
+        head += 1
+        for j in range(deg0[u]):
+            v = links0[u, j]
+            if not seen[v]:
+                seen[v] = True
+                queue[tail] = v
+                tail += 1
+    return np.flatnonzero(~seen)
+
+
+@njit(**KERNEL)
+def mark_reachable(links0, deg0, reachable, start):
+    """Set ``reachable`` (bool) for ``start`` and every node level 0 reaches from it that is not
+    marked yet (breadth-first)."""
+    queue = np.empty(reachable.shape[0], np.int32)
+    queue[0] = start
+    reachable[start] = True
+    head = 0
+    tail = 1
+    while head < tail:
+        u = queue[head]
+        head += 1
+        for j in range(deg0[u]):
+            v = links0[u, j]
+            if not reachable[v]:
+                reachable[v] = True
+                queue[tail] = v
+                tail += 1

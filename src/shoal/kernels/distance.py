@@ -1,0 +1,58 @@
+"""Distances between float32 rows. Smaller is closer for every metric.
+
+- code 0, inner product: ``1 - <a, b>`` (cosine distance once rows are unit length);
+- code 1, l2: squared Euclidean distance ``sum((a - b)**2)``.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from shoal.kernels import KERNEL, KERNEL_PARALLEL
+
+IP = 0
+L2 = 1
+
+
+@njit(**KERNEL)
+def distance(a, b, metric):
+    """Distance between two float32 rows of equal length under metric code ``metric``."""
+    s = np.float32(0.0)
+    if metric == IP:
+        for i in range(a.shape[0]):
+            s += a[i] * b[i]
+        return np.float32(1.0) - s
+    for i in range(a.shape[0]):
+        d = a[i] - b[i]
+        s += d * d
+    return s
+
+
+@njit(**KERNEL_PARALLEL)
+def distances_to_rows(query, vectors, nodes, metric):
+    """float32 (len(nodes),): distance from ``query`` to ``vectors[nodes[i]]``."""
+    out = np.empty(nodes.shape[0], np.float32)
+    for i in prange(nodes.shape[0]):
+        out[i] = distance(query, vectors[nodes[i]], metric)
+    return out
+
+
+@njit(**KERNEL_PARALLEL)
+def row_norms(x):
+    """float32 (n,): Euclidean norm of each row of ``x`` (n, d), accumulated in float64."""
+    out = np.empty(x.shape[0], np.float32)
+    for i in prange(x.shape[0]):
+        s = 0.0
+        for j in range(x.shape[1]):
+            s += np.float64(x[i, j]) * x[i, j]
+        out[i] = np.sqrt(s)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def first_nonfinite_row(x):
+    """Index of the first row of ``x`` (n, d) holding NaN or Inf, or -1 (no fastmath: it must see NaN)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if not np.isfinite(x[i, j]):
+                return i
+    return -1

@@ -1,0 +1,176 @@
+"""Graph search: greedy descent on the upper levels, beam search on one level, batch search.
+
+Graph layout (structure of arrays, see ``shoal.index``):
+
+- ``links0`` int32 (capacity, 2*m), ``deg0`` int32 (capacity): level-0 neighbours of node i
+  are ``links0[i, :deg0[i]]``;
+- ``links_up`` int32 (pool, m), ``deg_up`` int32 (pool): the neighbours of node i on level
+  l >= 1 are in row ``up_offset[i] + l - 1`` of the pool.
+
+The beam is one sorted array of at most ``ef`` (distance, node, expanded) entries; a search
+ends when every entry of the beam has been expanded. That is HNSW's algorithm 2 with the
+candidate and result queues folded into one bounded list.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from shoal.kernels import KERNEL, KERNEL_PARALLEL
+from shoal.kernels.distance import distance
+
+
+@njit(**KERNEL)
+def next_tag(visited, tag):
+    """The next visited-set generation after ``tag``; clears ``visited`` (uint16) when it wraps."""
+    if tag == 65535:
+        visited[:] = 0
+        return 1
+    return tag + 1
+
+
+@njit(**KERNEL)
+def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level, stop_level, metric):
+    """Walk greedily from ``entry`` on levels ``top_level`` .. ``stop_level + 1``.
+
+    Returns (node, distance, distance evaluations).
+    """
+    cur = entry
+    cur_d = distance(query, vectors[cur], metric)
+    evals = 1
+    for level in range(top_level, stop_level, -1):
+        changed = True
+        while changed:
+            changed = False
+            row = up_offset[cur] + level - 1
+            for j in range(deg_up[row]):
+                nb = links_up[row, j]
+                d = distance(query, vectors[nb], metric)
+                evals += 1
+                if d < cur_d:
+                    cur_d = d
+                    cur = nb
+                    changed = True
+    return cur, cur_d, evals
+
+
+@njit(**KERNEL)
+def beam_insert(beam_d, beam_n, beam_x, size, ef, d, node):
+    """Insert (d, node) unexpanded into the sorted beam of ``size`` <= ``ef`` entries.
+
+    Returns (new size, position), position -1 when ``d`` is not better than a full beam's worst.
+    """
+    if size == ef:
+        if d >= beam_d[size - 1]:
+            return size, -1
+        pos = size - 1
+    else:
+        pos = size
+        size += 1
+    while pos > 0 and beam_d[pos - 1] > d:
+        beam_d[pos] = beam_d[pos - 1]
+        beam_n[pos] = beam_n[pos - 1]
+        beam_x[pos] = beam_x[pos - 1]
+        pos -= 1
+    beam_d[pos] = d
+    beam_n[pos] = node
+    beam_x[pos] = False
+    return size, pos
+
+
+@njit(**KERNEL)
+def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric,
+                 visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d):
+    """Beam search for ``query`` on one level, continuing from the beam's first ``size`` entries
+    (sorted, their nodes marked in ``visited`` with ``tag``; unexpanded ones get expanded).
+
+    ``links``/``degs`` are level 0's arrays when ``level == 0``, else the upper-level pool.
+    ``beam_*`` have room for ``ef`` entries and ``buf_*`` for one neighbour row. On return
+    ``beam_d[:size]`` is sorted ascending and every entry is expanded.
+    Returns (size, distance evaluations).
+    """
+    evals = 0
+    i = 0
+    while i < size and beam_x[i]:
+        i += 1
+    while i < size:
+        node = beam_n[i]
+        beam_x[i] = True
+        row = node if level == 0 else up_offset[node] + level - 1
+        cnt = 0
+        for j in range(degs[row]):
+            nb = links[row, j]
+            if visited[nb] != tag:
+                visited[nb] = tag
+                buf_n[cnt] = nb
+                cnt += 1
+        for j in range(cnt):
+            buf_d[j] = distance(query, vectors[buf_n[j]], metric)
+        evals += cnt
+        lowest = i + 1
+        for j in range(cnt):
+            size, pos = beam_insert(beam_d, beam_n, beam_x, size, ef, buf_d[j], buf_n[j])
+            if pos >= 0 and pos < lowest:
+                lowest = pos
+        i = lowest
+        while i < size and beam_x[i]:
+            i += 1
+    return size, evals
+
+
+@njit(**KERNEL)
+def search_from(query, vectors, links, degs, up_offset, level, entry, entry_d, ef, metric,
+                visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d):
+    """``search_layer`` from one entry node; returns (size, distance evaluations)."""
+    beam_d[0] = entry_d
+    beam_n[0] = entry
+    beam_x[0] = False
+    visited[entry] = tag
+    return search_layer(query, vectors, links, degs, up_offset, level, 1, ef, metric, visited,
+                        tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+
+
+@njit(**KERNEL_PARALLEL)
+def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_offset,
+                 entry, top_level, count, metric, visited, tags):
+    """k nearest nodes of each query row among ``count`` nodes, in parallel over queries.
+
+    ``visited`` uint16 (chunks, capacity) and ``tags`` uint16 (chunks,) are per-worker scratch;
+    queries are split into ``chunks`` contiguous ranges, one worker each.
+    Returns nodes int32 (nq, k) padded with -1, distances float32 (nq, k) padded with +inf,
+    and distance evaluations int64 (nq,).
+    """
+    nq = queries.shape[0]
+    out_n = np.full((nq, k), -1, np.int32)
+    out_d = np.full((nq, k), np.inf, np.float32)
+    evals = np.zeros(nq, np.int64)
+    chunks = visited.shape[0]
+    width = links0.shape[1]
+    for c in prange(chunks):
+        beam_d = np.empty(ef, np.float32)
+        beam_n = np.empty(ef, np.int32)
+        beam_x = np.empty(ef, np.bool_)
+        buf_n = np.empty(width, np.int32)
+        buf_d = np.empty(width, np.float32)
+        tag = tags[c]
+        for q in range(c * nq // chunks, (c + 1) * nq // chunks):
+            cur, cur_d, e = greedy_descend(queries[q], vectors, links_up, deg_up, up_offset,
+                                           entry, top_level, 0, metric)
+            tag = next_tag(visited[c], tag)
+            size, e2 = search_from(queries[q], vectors, links0, deg0, up_offset, 0, cur, cur_d,
+                                   ef, metric, visited[c], tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+            if size < ef and size < count and visited[c][entry] != tag:
+                # The component of the descent's end is smaller than the beam: go on from the
+                # entry point, which reaches every node (a small index still answers exactly).
+                visited[c][entry] = tag
+                size, _ = beam_insert(beam_d, beam_n, beam_x, size, ef,
+                                      distance(queries[q], vectors[entry], metric), entry)
+                size, e3 = search_layer(queries[q], vectors, links0, deg0, up_offset, 0, size,
+                                        ef, metric, visited[c], tag, beam_d, beam_n, beam_x,
+                                        buf_n, buf_d)
+                e2 += e3 + 1
+            evals[q] = e + e2
+            for j in range(min(k, size)):
+                out_n[q, j] = beam_n[j]
+                out_d[q, j] = beam_d[j]
+        tags[c] = tag
+    return out_n, out_d, evals

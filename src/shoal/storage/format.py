@@ -1,0 +1,193 @@
+"""The ``.shoal`` index file, format version 1.
+
+Layout (all integers little-endian)::
+
+    offset 0   8 bytes   magic b"SHOALIDX"
+    offset 8   uint32    format version (1)
+    offset 12  uint32    header length H in bytes
+    offset 16  uint32    CRC32 of the header bytes
+    offset 20  H bytes   header: UTF-8 JSON object (below)
+    ...        sections, each starting at a multiple of 64 bytes, in the order listed
+
+The header holds ``dim``, ``metric``, ``m``, ``ef_construction``, ``seed``, ``count`` (nodes),
+``pool_count`` (upper-level rows), ``entry`` (entry node, -1 when empty), ``top_level``,
+``rng_state`` (the level generator's state, so later adds draw the same levels) and
+``sections``: a list of ``{name, dtype, shape, offset, nbytes, crc32}``. Sections:
+
+    vectors    <f4 (count, dim)    stored rows (unit length under cosine)
+    ids        <i8 (count,)        user ids by node
+    levels     |i1 (count,)        top level by node
+    links0     <i4 (count, 2m)     level-0 neighbours, -1 past the degree
+    deg0       <i4 (count,)        level-0 degrees
+    up_offset  <i4 (count,)        first upper-pool row of a node, -1 for level 0 only
+    links_up   <i4 (pool, m)       upper-level neighbours
+    deg_up     <i4 (pool,)         upper-level degrees
+
+A file is written to a temporary name beside the target, fsynced, renamed over the target, and
+the directory fsynced. A reader checks the magic, version, header CRC, that every section lies
+inside the file, each section's CRC32, and the graph's invariants (so that a damaged file can
+never make a kernel read out of bounds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from shoal.errors import CorruptIndexError
+from shoal.kernels.graph import OK, PROBLEMS, check_graph
+
+MAGIC = b"SHOALIDX"
+VERSION = 1
+ALIGN = 64
+_PREFIX = struct.Struct("<8sIII")
+
+SECTIONS = {  # name -> (dtype, shape from the header's numbers)
+    "vectors": ("<f4", lambda h: (h["count"], h["dim"])),
+    "ids": ("<i8", lambda h: (h["count"],)),
+    "levels": ("|i1", lambda h: (h["count"],)),
+    "links0": ("<i4", lambda h: (h["count"], 2 * h["m"])),
+    "deg0": ("<i4", lambda h: (h["count"],)),
+    "up_offset": ("<i4", lambda h: (h["count"],)),
+    "links_up": ("<i4", lambda h: (h["pool_count"], h["m"])),
+    "deg_up": ("<i4", lambda h: (h["pool_count"],)),
+}
+_INT_FIELDS = ("dim", "m", "ef_construction", "seed", "count", "pool_count", "entry", "top_level")
+
+
+def _bytes(arr: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
+def _crc(arr: np.ndarray) -> int:
+    return zlib.crc32(_bytes(arr)) & 0xFFFFFFFF
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def write_index(path: str | os.PathLike, header: dict[str, Any], sections: dict[str, np.ndarray]) -> None:
+    """Write ``sections`` (named as in SECTIONS) and ``header`` to ``path`` atomically."""
+    path = os.fspath(path)
+    arrays = {name: np.ascontiguousarray(sections[name], dtype=SECTIONS[name][0]) for name in SECTIONS}
+    table = [{"name": name, "dtype": SECTIONS[name][0], "shape": list(arr.shape),
+              "offset": 0, "nbytes": int(arr.nbytes), "crc32": _crc(arr)}
+             for name, arr in arrays.items()]
+    # Offsets depend on the header's length, which depends on the offsets' digits: iterate.
+    size = 0
+    while True:
+        offset = _align(_PREFIX.size + size)
+        for entry in table:
+            entry["offset"] = offset
+            offset = _align(offset + entry["nbytes"])
+        blob = json.dumps({**header, "format_version": VERSION, "sections": table},
+                          sort_keys=True).encode()
+        if len(blob) == size:
+            break
+        size = len(blob)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_PREFIX.pack(MAGIC, VERSION, len(blob), zlib.crc32(blob) & 0xFFFFFFFF))
+            f.write(blob)
+            for entry, arr in zip(table, arrays.values()):
+                f.write(b"\0" * (entry["offset"] - f.tell()))
+                f.write(_bytes(arr))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_header(path: str, f) -> dict[str, Any]:
+    prefix = f.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size:
+        raise CorruptIndexError(f"{path}: too short to be a shoal index ({len(prefix)} bytes)")
+    magic, version, size, crc = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise CorruptIndexError(f"{path}: not a shoal index (bad magic {magic!r})")
+    if version != VERSION:
+        raise CorruptIndexError(f"{path}: format version {version} is not supported (this shoal reads {VERSION})")
+    blob = f.read(size)
+    if len(blob) != size or zlib.crc32(blob) & 0xFFFFFFFF != crc:
+        raise CorruptIndexError(f"{path}: header is truncated or damaged (CRC mismatch)")
+    try:
+        header = json.loads(blob)
+        for name in _INT_FIELDS:
+            if not isinstance(header[name], int):
+                raise TypeError(name)
+        if header["dim"] < 1 or header["m"] < 2 or header["count"] < 0 or header["pool_count"] < 0:
+            raise ValueError("sizes")
+        if header["metric"] not in ("cosine", "ip", "l2"):
+            raise ValueError("metric")
+        table = {entry["name"]: entry for entry in header["sections"]}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptIndexError(f"{path}: header is malformed ({exc})") from None
+    header["sections"] = table
+    return header
+
+
+def read_index(path: str | os.PathLike, *, mmap: bool = False,
+               verify: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and check a file written by ``write_index``; returns (header, sections).
+
+    With ``mmap`` the vectors are a read-only memory map; ``verify`` checks their CRC too.
+    Raises ``CorruptIndexError`` for any damage, ``FileNotFoundError`` for a missing file.
+    """
+    path = os.fspath(path)
+    file_size = os.path.getsize(path)
+    sections: dict[str, np.ndarray] = {}
+    with open(path, "rb") as f:
+        header = _parse_header(path, f)
+        for name, (dtype, shape_of) in SECTIONS.items():
+            entry = header["sections"].get(name)
+            shape = shape_of(header)
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if entry is None or entry.get("dtype") != dtype or list(entry.get("shape", ())) != list(shape) \
+                    or entry.get("nbytes") != nbytes or not isinstance(entry.get("offset"), int) \
+                    or entry["offset"] < 0:
+                raise CorruptIndexError(f"{path}: section {name!r} is missing or malformed")
+            if entry["offset"] + nbytes > file_size:
+                raise CorruptIndexError(
+                    f"{path}: truncated: section {name!r} needs bytes up to "
+                    f"{entry['offset'] + nbytes}, the file has {file_size}")
+            if mmap and name == "vectors" and nbytes:
+                arr = np.memmap(path, dtype=dtype, mode="r", offset=entry["offset"], shape=shape)
+            else:
+                f.seek(entry["offset"])
+                arr = np.frombuffer(bytearray(f.read(nbytes)), dtype=dtype).reshape(shape)
+            if (verify or not (mmap and name == "vectors")) and _crc(arr) != entry.get("crc32"):
+                raise CorruptIndexError(f"{path}: section {name!r} is damaged (CRC32 mismatch)")
+            sections[name] = arr.astype(np.dtype(dtype).newbyteorder("="), copy=False)
+    _check_contents(path, header, sections)
+    return header, sections
+
+
+def _check_contents(path: str, header: dict[str, Any], s: dict[str, np.ndarray]) -> None:
+    count = header["count"]
+    if count and not (0 <= header["entry"] < count and header["top_level"] == int(s["levels"].max())
+                      and s["levels"][header["entry"]] == header["top_level"]):
+        raise CorruptIndexError(f"{path}: entry point or top level is inconsistent")
+    if not count and (header["entry"] != -1 or header["pool_count"]):
+        raise CorruptIndexError(f"{path}: an empty index has an entry point or links")
+    code, node = check_graph(s["levels"], s["links0"], s["deg0"], s["up_offset"], s["links_up"],
+                             s["deg_up"], count, header["pool_count"], max(header["top_level"], 0))
+    if code != OK:
+        raise CorruptIndexError(f"{path}: graph is damaged at node {node}: {PROBLEMS[code]}")
+    if count and np.unique(s["ids"]).size != count:
+        raise CorruptIndexError(f"{path}: ids are not unique")
