@@ -33,6 +33,7 @@ from shoal.kernels.build import (
     unreachable_nodes,
 )
 from shoal.kernels.distance import distances_to_rows
+from shoal.kernels.quantize import int8_codes
 from shoal.kernels.search import search_batch
 
 MAX_LEVEL = 31
@@ -40,8 +41,11 @@ MAX_LEVEL = 31
 BATCH_FRACTION = 0.02
 #: ... but at least this many nodes once the graph is large enough, for parallel work.
 MIN_BATCH = 256
-SHUFFLE = True
 REPAIR_PASSES = 64
+#: Build on int8 codes when the batch is at least 1/CODES_MIN_SHARE of the index ...
+CODES_MIN_SHARE = 8
+#: ... and rows are long enough for memory traffic to dominate.
+CODES_MIN_DIM = 32
 
 
 class Index:
@@ -213,16 +217,13 @@ class Index:
         levels = np.minimum(
             np.floor(-np.log1p(-self._rng.random(n)) / math.log(self._m)), MAX_LEVEL
         ).astype(np.int8)
-        # Insert in a seeded random order: rows a user passes in order are often each other's
-        # neighbours, and nodes of one batch never link to each other directly.
-        order = self._rng.permutation(n) if SHUFFLE else np.arange(n)
         start = self._count
         stop = start + n
         upper = levels.astype(np.int64)
         pool_stop = self._pool_count + int(upper.sum())
         self._reserve(stop, pool_stop)
-        np.take(x, order, axis=0, out=self._vectors[start:stop])
-        self._ids[start:stop] = new_ids[order]
+        self._vectors[start:stop] = x
+        self._ids[start:stop] = new_ids
         self._levels[start:stop] = levels
         offsets = self._pool_count + np.cumsum(upper) - upper
         self._up_offset[start:stop] = np.where(upper > 0, offsets, -1)
@@ -257,31 +258,44 @@ class Index:
             )
 
     def _insert(self, start: int, stop: int, threads: int) -> int:
-        """Link nodes ``start .. stop-1`` into the graph, batch by batch (prefix doubling)."""
+        """Link nodes ``start .. stop-1`` into the graph, batch by batch (prefix doubling).
+
+        Nodes are linked in a seeded random order: rows a user passes in order are often each
+        other's neighbours, and the nodes of one batch never link to each other directly. Rows
+        stay where they are, so the data's own locality still helps the caches.
+        """
+        order = (start + self._rng.permutation(stop - start)).astype(np.int32)
         evals = 0
-        pos = start
+        pos = 0
         if self._entry < 0:  # the first node is the graph
-            self._entry = pos
-            self._top_level = int(self._levels[pos])
-            pos += 1
+            self._entry = int(order[0])
+            self._top_level = int(self._levels[self._entry])
+            pos = 1
         max_batch = max(MIN_BATCH, int(BATCH_FRACTION * stop))
         visited, tags = self._take_scratch(threads)
-        while pos < stop:
-            end = min(stop, pos + max(1, min(pos, max_batch)))
+        # Construction reads int8 codes (a quarter of the bytes) when the batch is large enough
+        # to pay for coding the whole index; the codes are dropped when the add returns.
+        big = (stop - start) * CODES_MIN_SHARE >= stop and self._dim >= CODES_MIN_DIM
+        rows = int8_codes(self._vectors[:stop], self._metric_code) if big else self._vectors
+        while pos < len(order):
+            # Within a batch the order changes no result (all search the same graph); in storage
+            # order, consecutive inserts tend to touch the same rows (the data's own locality).
+            batch = np.sort(order[pos: pos + max(1, min(start + pos, max_batch))])
             evals += int(link_batch(
-                self._vectors, self._levels, self._links0, self._deg0, self._links_up,
-                self._deg_up, self._up_offset, pos, end, self._entry, self._top_level,
+                rows, self._levels, self._links0, self._deg0, self._links_up,
+                self._deg_up, self._up_offset, batch, self._entry, self._top_level,
                 self._m, self._ef_construction, self._metric_code, visited, tags).sum())
-            top_new = int(self._levels[pos:end].max())
+            levels = self._levels[batch]
+            top_new = int(levels.max())
             for level in range(min(top_new, self._top_level) + 1):
                 links, degs = (self._links0, self._deg0) if level == 0 else (self._links_up, self._deg_up)
-                keys = reverse_keys(links, degs, self._up_offset, self._levels, pos, end, level)
-                evals += int(merge_reverse(keys, self._vectors, links, degs, self._up_offset,
+                keys = reverse_keys(links, degs, self._up_offset, self._levels, batch, level)
+                evals += int(merge_reverse(keys, rows, links, degs, self._up_offset,
                                            level, self._metric_code))
             if top_new > self._top_level:
-                self._entry = pos + int(np.argmax(self._levels[pos:end]))
+                self._entry = int(batch[np.argmax(levels)])
                 self._top_level = top_new
-            pos = end
+            pos += len(batch)
         self._scratch.append((visited, tags))
         return evals
 

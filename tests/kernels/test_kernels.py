@@ -97,3 +97,19 @@ def test_check_graph_finds_broken_invariants():
     assert check_graph(levels, bad, deg, *args) == (DUPLICATE_LINK, 0)
     bad = links.copy(); bad[2, 0] = 9
     assert check_graph(levels, bad, deg, *args) == (BAD_LINK, 2)
+
+
+def test_int8_codes_match_numpy_and_keep_orderings():
+    from shoal.kernels.quantize import int8_codes, quantize_rows
+
+    x = random_vectors(300, 48, seed=6)
+    center = x.mean(0).astype(np.float32)
+    want = np.clip(np.rint((x - center) * np.float32(2.5)), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(quantize_rows(x, center, np.float32(2.5)), want)
+    for metric in (IP, L2):
+        codes = int8_codes(x, metric)
+        assert codes.dtype == np.int8 and np.abs(codes).max() == 127
+        exact = np.array([distance(x[0], row, metric) for row in x[1:]])
+        coded = np.array([distance(codes[0], row, metric) for row in codes[1:]])
+        # the 10 nearest by codes are (nearly) the 10 nearest by vectors
+        assert len(set(np.argsort(exact)[:10]) & set(np.argsort(coded)[:10])) >= 8

@@ -1,6 +1,7 @@
 """Batch insertion: parallel candidate search, neighbour selection, reverse-edge merge.
 
-One batch of new nodes ``start .. stop-1`` is inserted in two lock-free phases:
+One batch of new nodes (``batch``, int32 node numbers not yet linked) is inserted in two
+lock-free phases:
 
 1. ``link_batch``: in parallel over new nodes, search the graph as it stood at the batch's
    start (no old node links to a new one yet, so no search can reach a row being written) and
@@ -47,15 +48,15 @@ def select_neighbors(cand_n, cand_d, count, m, vectors, metric, out_n):
 
 
 @njit(**KERNEL_PARALLEL)
-def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, start, stop,
+def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, batch,
                entry, top_level, m, ef_construction, metric, visited, tags):
-    """Phase 1: find and write the out-links of new nodes ``start .. stop-1`` on every level
-    they share with the current graph (entry ``entry`` at level ``top_level``).
+    """Phase 1: find and write the out-links of the new nodes ``batch`` on every level they
+    share with the current graph (entry ``entry`` at level ``top_level``).
 
     New nodes keep at most ``m`` links per level here. ``visited``/``tags`` are per-worker
-    scratch (see ``search_batch``). Returns distance evaluations int64 (stop - start,).
+    scratch (see ``search_batch``). Returns distance evaluations int64 (len(batch),).
     """
-    n = stop - start
+    n = batch.shape[0]
     evals = np.zeros(n, np.int64)
     chunks = visited.shape[0]
     width = links0.shape[1]
@@ -63,11 +64,12 @@ def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, start
         beam_d = np.empty(ef_construction, np.float32)
         beam_n = np.empty(ef_construction, np.int32)
         beam_x = np.empty(ef_construction, np.bool_)
-        buf_n = np.empty(width, np.int32)
-        buf_d = np.empty(width, np.float32)
+        buf_n = np.empty(2 * width, np.int32)
+        buf_d = np.empty(2 * width, np.float32)
         sel = np.empty(m, np.int32)
         tag = tags[c]
-        for q in range(start + c * n // chunks, start + (c + 1) * n // chunks):
+        for i in range(c * n // chunks, (c + 1) * n // chunks):
+            q = batch[i]
             level_q = levels[q]
             cur, cur_d, e = greedy_descend(vectors[q], vectors, links_up, deg_up, up_offset,
                                            entry, top_level, level_q, metric)
@@ -92,23 +94,23 @@ def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, start
                     deg_up[row] = kept
                 cur = beam_n[0]
                 cur_d = beam_d[0]
-            evals[q - start] = e
+            evals[i] = e
         tags[c] = tag
     return evals
 
 
 @njit(**KERNEL)
-def reverse_keys(links, degs, up_offset, levels, start, stop, level):
+def reverse_keys(links, degs, up_offset, levels, batch, level):
     """Sorted int64 keys ``target << 32 | source`` of the reverse edges on ``level`` of the
-    new nodes ``start .. stop-1`` (each key asks to add ``source`` to ``target``'s links)."""
+    new nodes ``batch`` (each key asks to add ``source`` to ``target``'s links)."""
     total = 0
-    for q in range(start, stop):
+    for q in batch:
         if levels[q] >= level:
             row = q if level == 0 else up_offset[q] + level - 1
             total += degs[row]
     keys = np.empty(total, np.int64)
     k = 0
-    for q in range(start, stop):
+    for q in batch:
         if levels[q] >= level:
             row = q if level == 0 else up_offset[q] + level - 1
             for j in range(degs[row]):

@@ -15,14 +15,18 @@ L2 = 1
 
 @njit(**KERNEL)
 def distance(a, b, metric):
-    """Distance between two float32 rows of equal length under metric code ``metric``."""
+    """Distance between two rows of equal length under metric code ``metric``.
+
+    Rows are float32 vectors, or int8 codes (``shoal.quantize``) whose distances order pairs as
+    the vectors' do.
+    """
     s = np.float32(0.0)
     if metric == IP:
         for i in range(a.shape[0]):
-            s += a[i] * b[i]
+            s += np.float32(a[i]) * np.float32(b[i])
         return np.float32(1.0) - s
     for i in range(a.shape[0]):
-        d = a[i] - b[i]
+        d = np.float32(a[i]) - np.float32(b[i])
         s += d * d
     return s
 

@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from shoal.kernels import KERNEL, KERNEL_PARALLEL
 from shoal.kernels.distance import distance
+from shoal.kernels.prefetch import prefetch_row
 
 
 @njit(**KERNEL)
@@ -103,14 +104,18 @@ def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric
                 visited[nb] = tag
                 buf_n[cnt] = nb
                 cnt += 1
+                prefetch_row(vectors, nb)
         for j in range(cnt):
             buf_d[j] = distance(query, vectors[buf_n[j]], metric)
         evals += cnt
         lowest = i + 1
         for j in range(cnt):
             size, pos = beam_insert(beam_d, beam_n, beam_x, size, ef, buf_d[j], buf_n[j])
-            if pos >= 0 and pos < lowest:
-                lowest = pos
+            if pos >= 0:
+                if level == 0:  # it may be expanded next: fetch its links meanwhile
+                    prefetch_row(links, buf_n[j])
+                if pos < lowest:
+                    lowest = pos
         i = lowest
         while i < size and beam_x[i]:
             i += 1
