@@ -39,6 +39,16 @@ def vectors(data: object, dim: int, name: str = "vectors", normalize: bool = Fal
 
     With ``normalize`` the rows are scaled to unit length (zero rows are refused).
     """
+    out, norms = vectors_and_norms(data, dim, name, normalize)
+    if normalize and out.shape[0]:
+        out = out / norms[:, None]
+    return out
+
+
+def vectors_and_norms(data: object, dim: int, name: str = "vectors",
+                      need_norms: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Like ``vectors`` without normalising: (matrix, row norms or None). The matrix may be the
+    caller's own array (no copy when it is already C-contiguous float32): do not write to it."""
     if isinstance(data, (str, bytes)) or data is None:
         raise InvalidTypeError(f"{name} must be a numeric array, got {type(data).__name__}")
     try:
@@ -64,15 +74,15 @@ def vectors(data: object, dim: int, name: str = "vectors", normalize: bool = Fal
     bad = first_nonfinite_row(out)
     if bad >= 0:
         raise InvalidArgumentError(f"{name} row {bad} contains NaN or Inf; all values must be finite")
-    if normalize and out.shape[0]:
+    norms = None
+    if need_norms:
         norms = row_norms(out)
         zero = np.flatnonzero(norms == 0)
         if zero.size:
             raise InvalidArgumentError(
                 f"{name} rows {zero[:10].tolist()} have zero length; cosine needs non-zero vectors"
             )
-        out = np.ascontiguousarray(out / norms[:, None], dtype=np.float32)
-    return out
+    return out, norms
 
 
 def ids(data: object, n: int, name: str = "ids") -> np.ndarray:

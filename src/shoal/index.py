@@ -204,7 +204,8 @@ class Index:
             Worker threads (default: all of numba's).
         """
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
-        x = _validate.vectors(vectors, self._dim, "vectors", normalize=self._metric == "cosine")
+        cosine = self._metric == "cosine"
+        x, norms = _validate.vectors_and_norms(vectors, self._dim, "vectors", need_norms=cosine)
         n = x.shape[0]
         if ids is None:
             first = int(self._sorted_ids[-1]) + 1 if self._count else 0
@@ -222,7 +223,10 @@ class Index:
         upper = levels.astype(np.int64)
         pool_stop = self._pool_count + int(upper.sum())
         self._reserve(stop, pool_stop)
-        self._vectors[start:stop] = x
+        if cosine:  # normalise straight into the index: no full-size temporary
+            np.divide(x, norms[:, None], out=self._vectors[start:stop])
+        else:
+            self._vectors[start:stop] = x
         self._ids[start:stop] = new_ids
         self._levels[start:stop] = levels
         offsets = self._pool_count + np.cumsum(upper) - upper

@@ -29,10 +29,23 @@ def quantize_rows(x, center, scale):
     return out
 
 
+@njit(**KERNEL_PARALLEL)
+def max_abs_deviation(x, center):
+    """float32: max |x[i, j] - center[j]| over the matrix, without a temporary copy."""
+    n, d = x.shape
+    peaks = np.zeros(n, np.float32)
+    for i in prange(n):
+        p = np.float32(0.0)
+        for j in range(d):
+            p = max(p, abs(x[i, j] - center[j]))
+        peaks[i] = p
+    return peaks.max() if n else np.float32(0.0)
+
+
 def int8_codes(x: np.ndarray, metric: int) -> np.ndarray:
     """Codes of the float32 rows ``x`` (n, d) for construction under ``metric``."""
     center = x.mean(axis=0, dtype=np.float64).astype(np.float32) if metric == L2 else \
         np.zeros(x.shape[1], np.float32)
-    peak = float(np.abs(x - center).max()) if metric == L2 else float(np.abs(x).max())
+    peak = float(max_abs_deviation(x, center))
     scale = np.float32(127.0 / peak) if peak > 0 else np.float32(1.0)
     return quantize_rows(x, center, scale)
