@@ -284,20 +284,26 @@ def main(argv=None) -> int:
         one = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "threads": 1, "search": False})
                for _ in range(args.reps)]
         speedup = sd["vec_per_s"] / statistics.median(r["vec_per_s"] for r in one)
-        sizes = {}
+        sizes, evals = {}, {}
         for n in (10_000, 30_000, None):
             if n is None:
-                sizes[len(load_dataset(args.dataset).base)] = sd["build_s"]
+                n = len(load_dataset(args.dataset).base)
+                sizes[n], evals[n] = sd["build_s"], sd["distance_evaluations_per_insert"]
                 continue
             rs = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "n": n, "search": False})
                   for _ in range(args.reps)]
             sizes[n] = statistics.median(r["build_s"] for r in rs)
-        per = {n: s / (n * np.log(n)) for n, s in sizes.items()}
-        first = per[min(per)]
+            evals[n] = statistics.median(r["distance_evaluations_per_insert"] for r in rs)
+        n0 = min(sizes)
+        t_rel = {n: (s / (n * np.log(n))) / (sizes[n0] / (n0 * np.log(n0))) for n, s in sizes.items()}
+        e_rel = {n: (e / np.log(n)) / (evals[n0] / np.log(n0)) for n, e in evals.items()}
         results["scaling"] = {"threads_2_vs_1": speedup, "build_s_by_n": sizes,
-                              "cost_per_n_log_n_relative": {n: v / first for n, v in per.items()}}
-        lines += ["", f"Scaling: 2 threads build {speedup:.2f}x faster than 1. Build time / (n log n), relative to n=10K: "
-                  + ", ".join(f"n={n:,}: {v / first:.2f}" for n, v in per.items())]
+                              "evaluations_per_insert_by_n": evals,
+                              "time_per_n_log_n_relative": t_rel, "evaluations_per_log_n_relative": e_rel}
+        lines += ["", f"Scaling: 2 threads build {speedup:.2f}x faster than 1.", "",
+                  "| n | build s | time / (n log n), rel. | distance evaluations per insert | evaluations / log n, rel. |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {n:,} | {sizes[n]:.2f} | {t_rel[n]:.2f} | {evals[n]:.0f} | {e_rel[n]:.2f} |" for n in sizes]
 
     mem = sd["memory_bytes"] / sd["vectors_plus_level0_bytes"]
     peak = sd["build_peak_rss_delta"] / sd["vectors_plus_level0_bytes"]
