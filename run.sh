@@ -22,7 +22,7 @@ py="$venv/bin/python"
 
 case "$cmd" in
   demo)  exec "$py" -m shoal.demo "$@" ;;
-  test)  exec "$py" -m pytest -q "$@" ;;
+  test)  exec "$py" -m pytest -q -rs "$@" ;;
   bench) exec "$py" benchmarks/bench_core.py "$@" ;;
   *) echo "usage: ./run.sh {demo|test|bench} [args]" >&2; exit 2 ;;
 esac
