@@ -115,11 +115,11 @@ class Index:
         return self._count
 
     def __contains__(self, id_: object) -> bool:
-        try:
-            key = _validate.ids(id_, 1, "id")
-        except (TypeError, ValueError):
+        if isinstance(id_, (bool, np.bool_)) or not isinstance(id_, (int, np.integer)):
             return False
-        return bool(self._lookup(key)[0] >= 0)
+        if not np.iinfo(np.int64).min <= int(id_) <= np.iinfo(np.int64).max:
+            return False
+        return bool(self._lookup(np.array([id_], np.int64))[0] >= 0)
 
     def __repr__(self) -> str:
         return (f"Index(dim={self._dim}, metric={self._metric!r}, m={self._m}, "
@@ -212,6 +212,9 @@ class Index:
         n = x.shape[0]
         if ids is None:
             first = int(self._sorted_ids[-1]) + 1 if self._count else 0
+            if first + n - 1 > np.iinfo(np.int64).max:
+                raise InvalidArgumentError(
+                    "default ids would pass the largest int64 after the largest stored id; pass ids=")
             new_ids = np.arange(first, first + n, dtype=np.int64)
         else:
             new_ids = _validate.ids(ids, n)

@@ -31,7 +31,8 @@ def assert_unchanged(index, before):
 
 def test_basic_properties(small):
     assert len(small) == 50 and small.dim == 8 and small.metric == "l2"
-    assert 120 in small and 99 not in small and "x" not in small
+    assert 120 in small and np.int32(120) in small and 99 not in small and "x" not in small
+    assert [120] not in small and 2**70 not in small and True not in small
     assert sorted(small.ids.tolist()) == list(range(100, 150))
     s = small.stats()
     assert s["count"] == 50 and s["levels"] >= 1 and s["memory_bytes"] > 50 * 8 * 4
@@ -181,3 +182,11 @@ def test_bad_constructor_arguments(kwargs, exc, match):
 def test_ids_beyond_int64_are_refused(small):
     with pytest.raises(ValueError, match="int64"):
         small.add(random_vectors(1, 8), ids=np.array([2**63], np.uint64))
+
+
+def test_default_ids_cannot_overflow():
+    index = shoal.Index(4, "l2")
+    index.add(random_vectors(1, 4), ids=[np.iinfo(np.int64).max])
+    with pytest.raises(ValueError, match="largest int64"):
+        index.add(random_vectors(1, 4, seed=1))
+    assert len(index) == 1

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from shoal.kernels import KERNEL, KERNEL_PARALLEL
 from shoal.kernels.distance import distance
-from shoal.kernels.search import greedy_descend, next_tag, search_from
+from shoal.kernels.search import beam_scratch, greedy_descend, next_tag, search_from
 
 
 @njit(**KERNEL)
@@ -175,27 +175,6 @@ def merge_reverse(keys, vectors, links, degs, up_offset, level, metric):
 
 
 @njit(**KERNEL)
-def unreachable_nodes(links0, deg0, entry, count):
-    """Nodes < ``count`` that level 0 cannot reach from ``entry`` (breadth-first), int64."""
-    seen = np.zeros(count, np.bool_)
-    queue = np.empty(count, np.int32)
-    queue[0] = entry
-    seen[entry] = True
-    head = 0
-    tail = 1
-    while head < tail:
-        u = queue[head]
-        head += 1
-        for j in range(deg0[u]):
-            v = links0[u, j]
-            if not seen[v]:
-                seen[v] = True
-                queue[tail] = v
-                tail += 1
-    return np.flatnonzero(~seen)
-
-
-@njit(**KERNEL)
 def mark_reachable(links0, deg0, reachable, start):
     """Set ``reachable`` (bool) for ``start`` and every node level 0 reaches from it that is not
     marked yet (breadth-first)."""
@@ -213,3 +192,11 @@ def mark_reachable(links0, deg0, reachable, start):
                 reachable[v] = True
                 queue[tail] = v
                 tail += 1
+
+
+@njit(**KERNEL)
+def unreachable_nodes(links0, deg0, entry, count):
+    """Nodes < ``count`` that level 0 cannot reach from ``entry`` (breadth-first), int64."""
+    seen = np.zeros(count, np.bool_)
+    mark_reachable(links0, deg0, seen, entry)
+    return np.flatnonzero(~seen)
