@@ -30,6 +30,14 @@ def next_tag(visited, tag):
 
 
 @njit(**KERNEL)
+def beam_scratch(ef, width):
+    """Per-worker scratch of a beam search: (beam_d, beam_n, beam_x) with room for ``ef``
+    entries and (buf_n, buf_d) for one neighbour row of ``width`` links."""
+    return (np.empty(ef, np.float32), np.empty(ef, np.int32), np.empty(ef, np.bool_),
+            np.empty(width, np.int32), np.empty(width, np.float32))
+
+
+@njit(**KERNEL)
 def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level, stop_level, metric):
     """Walk greedily from ``entry`` on levels ``top_level`` .. ``stop_level + 1``.
 
@@ -151,11 +159,7 @@ def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_off
     chunks = visited.shape[0]
     width = links0.shape[1]
     for c in prange(chunks):
-        beam_d = np.empty(ef, np.float32)
-        beam_n = np.empty(ef, np.int32)
-        beam_x = np.empty(ef, np.bool_)
-        buf_n = np.empty(width, np.int32)
-        buf_d = np.empty(width, np.float32)
+        beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef, width)
         tag = tags[c]
         for q in range(c * nq // chunks, (c + 1) * nq // chunks):
             cur, cur_d, e = greedy_descend(queries[q], vectors, links_up, deg_up, up_offset,
