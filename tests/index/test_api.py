@@ -190,3 +190,27 @@ def test_default_ids_cannot_overflow():
     with pytest.raises(ValueError, match="largest int64"):
         index.add(random_vectors(1, 4, seed=1))
     assert len(index) == 1
+
+
+def test_concurrent_searches_from_python_threads(small):
+    """Kernels release the GIL and each call takes its own scratch: threads get the same
+    answers as one thread alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [random_vectors(30, 8, seed=s) for s in range(16)]
+    expected = [small.search(q, 5, ef=20, num_threads=1) for q in queries]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda q: small.search(q, 5, ef=20, num_threads=1), queries))
+    for (el, ed), (gl, gd) in zip(expected, got):
+        np.testing.assert_array_equal(el, gl)
+        np.testing.assert_array_equal(ed, gd)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32, np.uint8])
+def test_numeric_dtypes_are_converted(dtype):
+    data = (np.random.default_rng(2).random((40, 6)) * 100).astype(dtype)
+    index = shoal.Index(6, "l2")
+    index.add(data)
+    np.testing.assert_allclose(index.get(np.arange(40)), data.astype(np.float32))
+    labels, dist = index.search(data[:3], k=1, ef=40)
+    assert labels[:, 0].tolist() == [0, 1, 2] and np.allclose(dist[:, 0], 0)

@@ -113,3 +113,16 @@ def test_int8_codes_match_numpy_and_keep_orderings():
         coded = np.array([distance(codes[0], row, metric) for row in codes[1:]])
         # the 10 nearest by codes are (nearly) the 10 nearest by vectors
         assert len(set(np.argsort(exact)[:10]) & set(np.argsort(coded)[:10])) >= 8
+
+
+def test_kernels_agree_without_jit():
+    """The same kernel tests pass as plain Python (NUMBA_DISABLE_JIT=1): the kernels are the
+    algorithm, not an artefact of compilation."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "not without_jit"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

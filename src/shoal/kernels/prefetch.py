@@ -5,7 +5,7 @@ them before computing any distance lets their cache misses overlap instead of qu
 """
 
 from llvmlite import ir
-from numba import njit, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -44,3 +44,8 @@ def prefetch_row(arr, row):
     nbytes = arr.shape[1] * arr.itemsize
     for off in range(0, nbytes, LINE):
         _prefetch_bytes(arr, row, off)
+
+
+if config.DISABLE_JIT:  # pure Python (NUMBA_DISABLE_JIT=1, for debugging): a hint we can drop
+    def prefetch_row(arr, row):  # noqa: F811
+        """No-op: there are no cache hints in pure Python."""
