@@ -61,11 +61,7 @@ def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, batch
     chunks = visited.shape[0]
     width = links0.shape[1]
     for c in prange(chunks):
-        beam_d = np.empty(ef_construction, np.float32)
-        beam_n = np.empty(ef_construction, np.int32)
-        beam_x = np.empty(ef_construction, np.bool_)
-        buf_n = np.empty(2 * width, np.int32)
-        buf_d = np.empty(2 * width, np.float32)
+        beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef_construction, width)
         sel = np.empty(m, np.int32)
         tag = tags[c]
         for i in range(c * n // chunks, (c + 1) * n // chunks):
