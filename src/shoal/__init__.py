@@ -9,6 +9,7 @@ from shoal.errors import (
     InvalidTypeError,
     ShoalError,
 )
+from shoal.db.filters import FilterError
 from shoal.index import Index
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "CorruptIndexError",
     "DimensionMismatchError",
     "DuplicateIdError",
+    "FilterError",
     "IdNotFoundError",
     "Index",
     "InvalidArgumentError",

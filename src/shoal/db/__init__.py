@@ -1,0 +1,1 @@
+"""The database layer: collections, payloads and filters (never imports numba)."""
