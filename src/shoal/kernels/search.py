@@ -142,10 +142,87 @@ def search_from(query, vectors, links, degs, up_offset, level, entry, entry_d, e
                         tag, beam_d, beam_n, beam_x, buf_n, buf_d)
 
 
+@njit(**KERNEL)
+def heap_push(heap_d, heap_n, size, d, node):
+    """Push (d, node) on the binary min-heap ``heap_*[:size]``; returns the new size."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap_d[parent] <= d:
+            break
+        heap_d[i] = heap_d[parent]
+        heap_n[i] = heap_n[parent]
+        i = parent
+    heap_d[i] = d
+    heap_n[i] = node
+    return size + 1
+
+
+@njit(**KERNEL)
+def heap_pop(heap_d, heap_n, size):
+    """Pop the smallest entry of the min-heap; returns (d, node, new size)."""
+    top_d = heap_d[0]
+    top_n = heap_n[0]
+    size -= 1
+    last_d = heap_d[size]
+    last_n = heap_n[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap_d[child + 1] < heap_d[child]:
+            child += 1
+        if heap_d[child] >= last_d:
+            break
+        heap_d[i] = heap_d[child]
+        heap_n[i] = heap_n[child]
+        i = child
+    heap_d[i] = last_d
+    heap_n[i] = last_n
+    return top_d, top_n, size
+
+
+@njit(**KERNEL)
+def search_layer_filtered(query, vectors, links0, deg0, entry, entry_d, ef, metric, allowed,
+                          visited, tag, heap_d, heap_n, beam_d, beam_n, beam_x):
+    """Level-0 search whose results are only nodes with ``allowed[node]`` (uint8) set, while
+    every node still serves to navigate (hnswlib's filtered search). Candidates live in a
+    min-heap (``heap_*``, room for every node); results in the sorted beam (room for ``ef``).
+    Stops when the nearest candidate is farther than the worst of ``ef`` results.
+    Returns (results, distance evaluations).
+    """
+    visited[entry] = tag
+    size = heap_push(heap_d, heap_n, 0, entry_d, entry)
+    found = 0
+    if allowed[entry]:
+        found, _ = beam_insert(beam_d, beam_n, beam_x, found, ef, entry_d, entry)
+    evals = 0
+    while size > 0:
+        d, node, size = heap_pop(heap_d, heap_n, size)
+        if found == ef and d > beam_d[found - 1]:
+            break
+        for j in range(deg0[node]):
+            nb = links0[node, j]
+            if visited[nb] == tag:
+                continue
+            visited[nb] = tag
+            dn = distance(query, vectors[nb], metric)
+            evals += 1
+            if found < ef or dn < beam_d[found - 1]:
+                size = heap_push(heap_d, heap_n, size, dn, nb)
+                if allowed[nb]:
+                    found, _ = beam_insert(beam_d, beam_n, beam_x, found, ef, dn, nb)
+    return found, evals
+
+
 @njit(**KERNEL_PARALLEL)
 def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_offset,
-                 entry, top_level, count, metric, visited, tags):
+                 entry, top_level, count, metric, visited, tags, allowed):
     """k nearest nodes of each query row among ``count`` nodes, in parallel over queries.
+
+    ``allowed`` uint8 (capacity,) restricts the results to nodes where it is set (a filter);
+    an empty array means every node.
 
     ``visited`` uint16 (chunks, capacity) and ``tags`` uint16 (chunks,) are per-worker scratch;
     queries are split into ``chunks`` contiguous ranges, one worker each.
@@ -160,11 +237,24 @@ def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_off
     width = links0.shape[1]
     for c in prange(chunks):
         beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef, width)
+        filtered = allowed.shape[0] > 0
+        heap_size = count if filtered else 0
+        heap_d = np.empty(heap_size, np.float32)
+        heap_n = np.empty(heap_size, np.int32)
         tag = tags[c]
         for q in range(c * nq // chunks, (c + 1) * nq // chunks):
             cur, cur_d, e = greedy_descend(queries[q], vectors, links_up, deg_up, up_offset,
                                            entry, top_level, 0, metric)
             tag = next_tag(visited[c], tag)
+            if filtered:
+                size, e2 = search_layer_filtered(queries[q], vectors, links0, deg0, cur, cur_d,
+                                                 ef, metric, allowed, visited[c], tag, heap_d,
+                                                 heap_n, beam_d, beam_n, beam_x)
+                evals[q] = e + e2
+                for j in range(min(k, size)):
+                    out_n[q, j] = beam_n[j]
+                    out_d[q, j] = beam_d[j]
+                continue
             size, e2 = search_from(queries[q], vectors, links0, deg0, up_offset, 0, cur, cur_d,
                                    ef, metric, visited[c], tag, beam_d, beam_n, beam_x, buf_n, buf_d)
             if size < ef and size < count and visited[c][entry] != tag:
