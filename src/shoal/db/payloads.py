@@ -1,0 +1,203 @@
+"""The payload store: user keys, internal point numbers and JSON payloads in SQLite.
+
+One table ``points(uid INTEGER PRIMARY KEY, key UNIQUE, payload TEXT)``:
+
+- ``key`` is the user's id, an int64 or a string (a UUID is a string). The column has no type
+  affinity, so ``1`` and ``"1"`` are different keys.
+- ``uid`` is the point number the vector segments use (an int64 that is never reused): an
+  upsert of an existing key gives it a new uid and reports the old one, so that the segment
+  holding the old vector can mark it deleted.
+- ``payload`` is a JSON object (``{}`` when none was given).
+
+The database runs in SQLite's WAL mode. Durability of acknowledged writes is the write-ahead
+log's job (``shoal.storage.wal``): after a crash the collection replays its log into this
+store, and every operation here is idempotent under replay.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shoal.db.filters import compile_filter
+from shoal.errors import InvalidArgumentError, InvalidTypeError
+
+Key = int | str
+_CHUNK = 500  # SQLite's limit on bound parameters is 32766; stay well below it
+
+
+def check_keys(keys: Any, name: str = "ids") -> list[Key]:
+    """User keys as a list of Python ints (int64) and strings, or raise naming the bad one."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, (Sequence, np.ndarray)):
+        raise InvalidTypeError(f"{name} must be a list of ints or strings, got {type(keys).__name__}")
+    out: list[Key] = []
+    for i, key in enumerate(keys.tolist() if isinstance(keys, np.ndarray) else keys):
+        if isinstance(key, bool) or not isinstance(key, (numbers.Integral, str)):
+            raise InvalidTypeError(f"{name}[{i}] must be an int or a string, got {type(key).__name__}")
+        if isinstance(key, str):
+            if not key:
+                raise InvalidArgumentError(f"{name}[{i}] is an empty string")
+            out.append(key)
+        else:
+            if not -(2**63) <= int(key) < 2**63:
+                raise InvalidArgumentError(f"{name}[{i}] = {key} does not fit in int64")
+            out.append(int(key))
+    seen: set[tuple[type, Key]] = set()
+    dup = [k for k in out if (type(k), k) in seen or seen.add((type(k), k))]
+    if dup:
+        raise InvalidArgumentError(f"{name} are repeated: {dup[:10]}")
+    return out
+
+
+def _finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgumentError(f"{where}: numbers must be finite, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidTypeError(f"{where}: object keys must be strings, got {k!r}")
+            _finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]")
+
+
+def encode_payloads(payloads: Any, n: int) -> list[str]:
+    """JSON texts of ``n`` payloads (dicts or None), or raise naming the bad one."""
+    if payloads is None:
+        return ["{}"] * n
+    if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Sequence):
+        raise InvalidTypeError(f"payloads must be a list of JSON objects, got {type(payloads).__name__}")
+    if len(payloads) != n:
+        raise InvalidArgumentError(f"payloads has {len(payloads)} entries but there are {n} ids")
+    out = []
+    for i, p in enumerate(payloads):
+        if p is None:
+            out.append("{}")
+            continue
+        if not isinstance(p, dict):
+            raise InvalidTypeError(f"payloads[{i}] must be a JSON object (dict) or None, got {type(p).__name__}")
+        _finite(p, f"payloads[{i}]")
+        try:
+            out.append(json.dumps(p, allow_nan=False, separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            raise InvalidTypeError(f"payloads[{i}] is not JSON: {exc}") from None
+    return out
+
+
+class PayloadStore:
+    """Keys, uids and payloads of one collection, in the SQLite file ``path``."""
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        uri = f"file:{path}?mode=ro" if read_only else f"file:{path}?mode=rwc"
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        if not read_only:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS points "
+                             "(uid INTEGER PRIMARY KEY, key UNIQUE NOT NULL, payload TEXT NOT NULL)")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _chunks(self, keys: list[Key]):
+        for lo in range(0, len(keys), _CHUNK):
+            yield keys[lo:lo + _CHUNK]
+
+    def uids_of(self, keys: list[Key]) -> np.ndarray:
+        """uid of each key (int64), -1 where absent."""
+        found: dict[tuple[type, Key], int] = {}
+        for part in self._chunks(keys):
+            marks = ",".join("?" * len(part))
+            for key, uid in self._db.execute(f"SELECT key, uid FROM points WHERE key IN ({marks})", part):
+                found[(type(key), key)] = uid
+        return np.array([found.get((type(k), k), -1) for k in keys], np.int64)
+
+    def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str]) -> np.ndarray:
+        """Store (key, uid, payload) rows, replacing existing keys; returns the replaced uids
+        (-1 where the key was new). A uid already stored (a replay) is left as it is."""
+        old = self.uids_of(keys)
+        rows = [(int(u), k, p) for k, u, p, o in zip(keys, uids, payloads, old) if o != u]
+        with self._transaction():
+            self._db.executemany("DELETE FROM points WHERE key = ?", [(r[1],) for r in rows])
+            self._db.executemany("INSERT INTO points (uid, key, payload) VALUES (?, ?, ?)", rows)
+        return np.where(old == uids, -1, old)
+
+    def delete(self, keys: list[Key]) -> np.ndarray:
+        """Remove keys; returns the uids removed (absent keys are skipped)."""
+        uids = self.uids_of(keys)
+        uids = uids[uids >= 0]
+        self._delete_uids(uids)
+        return uids
+
+    def delete_where(self, flt: dict) -> np.ndarray:
+        """Remove the points matching a filter; returns their uids."""
+        uids = self.uids_where(flt)
+        self._delete_uids(uids)
+        return uids
+
+    def _delete_uids(self, uids: np.ndarray) -> None:
+        with self._transaction():
+            self._db.executemany("DELETE FROM points WHERE uid = ?", [(int(u),) for u in uids])
+
+    def get(self, keys: list[Key]) -> list[tuple[int, dict] | None]:
+        """(uid, payload) of each key, None where absent."""
+        found: dict[tuple[type, Key], tuple[int, dict]] = {}
+        for part in self._chunks(keys):
+            marks = ",".join("?" * len(part))
+            for key, uid, payload in self._db.execute(
+                    f"SELECT key, uid, payload FROM points WHERE key IN ({marks})", part):
+                found[(type(key), key)] = (uid, json.loads(payload))
+        return [found.get((type(k), k)) for k in keys]
+
+    def keys_of(self, uids: np.ndarray) -> list[tuple[Key, dict] | None]:
+        """(key, payload) of each uid, None where absent."""
+        found: dict[int, tuple[Key, dict]] = {}
+        ulist = [int(u) for u in uids]
+        for lo in range(0, len(ulist), _CHUNK):
+            part = ulist[lo:lo + _CHUNK]
+            marks = ",".join("?" * len(part))
+            for uid, key, payload in self._db.execute(
+                    f"SELECT uid, key, payload FROM points WHERE uid IN ({marks})", part):
+                found[uid] = (key, json.loads(payload))
+        return [found.get(u) for u in ulist]
+
+    def uids_where(self, flt: dict | None = None) -> np.ndarray:
+        """Sorted uids of the points matching a filter (all points without one)."""
+        if flt is None:
+            rows = self._db.execute("SELECT uid FROM points ORDER BY uid")
+        else:
+            sql, params = compile_filter(flt)
+            rows = self._db.execute(f"SELECT uid FROM points WHERE {sql} ORDER BY uid", params)
+        return np.fromiter((u for (u,) in rows), np.int64)
+
+    def count(self, flt: dict | None = None) -> int:
+        if flt is None:
+            return self._db.execute("SELECT count(*) FROM points").fetchone()[0]
+        sql, params = compile_filter(flt)
+        return self._db.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
+
+    def max_uid(self) -> int:
+        """The largest uid stored (-1 when empty)."""
+        value = self._db.execute("SELECT max(uid) FROM points").fetchone()[0]
+        return -1 if value is None else value
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

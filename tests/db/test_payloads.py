@@ -1,0 +1,136 @@
+"""The payload store against a plain dict model, and its input checks."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from shoal.db.payloads import PayloadStore, check_keys, encode_payloads
+from tests.db.filter_model import matches
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = PayloadStore(str(tmp_path / "p.sqlite"))
+    yield s
+    s.close()
+
+
+def test_upsert_get_delete(store):
+    keys = [1, "1", "doc-a", 2**62]
+    old = store.upsert(keys, np.arange(4), encode_payloads([{"a": 1}, None, {"t": ["x"]}, {"a": 2}], 4))
+    assert old.tolist() == [-1, -1, -1, -1]
+    assert store.get([1, "1", 3]) == [(0, {"a": 1}), (1, {}), None]   # 1 and "1" are different keys
+    assert store.upsert([1], np.array([10]), encode_payloads([{"a": 9}], 1)).tolist() == [0]
+    assert store.get([1]) == [(10, {"a": 9})]
+    assert store.upsert([1], np.array([10]), encode_payloads([{"a": 9}], 1)).tolist() == [-1]  # replay
+    assert store.keys_of(np.array([10, 0, 2])) == [(1, {"a": 9}), None, ("doc-a", {"t": ["x"]})]
+    assert store.uids_where({"a": {"$gte": 2}}).tolist() == [3, 10]
+    assert store.count() == 4 and store.count({"t": "x"}) == 1 and store.max_uid() == 10
+    assert store.delete(["doc-a", "missing"]).tolist() == [2]
+    assert store.delete_where({"a": 9}).tolist() == [10]
+    assert store.uids_where().tolist() == [1, 3]
+
+
+def test_persists_and_opens_read_only(tmp_path):
+    path = str(tmp_path / "p.sqlite")
+    s = PayloadStore(path)
+    s.upsert(["k"], np.array([5]), ['{"x":1}'])
+    s.close()
+    ro = PayloadStore(path, read_only=True)
+    assert ro.get(["k"]) == [(5, {"x": 1})]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.upsert(["j"], np.array([6]), ["{}"])
+    ro.close()
+
+
+def test_many_keys_in_one_call(store):
+    keys = list(range(3000))
+    store.upsert(keys, np.arange(3000), ["{}"] * 3000)
+    assert (store.uids_of(keys) == np.arange(3000)).all()
+
+
+@pytest.mark.parametrize("keys, exc, match", [
+    ("abc", TypeError, "list of ints or strings"),
+    ([1, True], TypeError, r"ids\[1\] must be an int or a string"),
+    ([1.5], TypeError, "int or a string"),
+    ([""], ValueError, "empty string"),
+    ([2**64], ValueError, "int64"),
+    ([1, 2, 1], ValueError, r"repeated: \[1\]"),
+])
+def test_bad_keys(keys, exc, match):
+    with pytest.raises(exc, match=match):
+        check_keys(keys)
+
+
+def test_good_keys():
+    assert check_keys(np.array([3, 4], np.int64)) == [3, 4]
+    assert check_keys([1, "1"]) == [1, "1"]
+
+
+@pytest.mark.parametrize("payloads, exc, match", [
+    ({"a": 1}, TypeError, "list of JSON objects"),
+    ([{"a": 1}], ValueError, "1 entries but there are 2"),
+    ([{"a": 1}, [1]], TypeError, r"payloads\[1\] must be a JSON object"),
+    ([{"a": float("nan")}, None], ValueError, "finite"),
+    ([{"a": {1: 2}}, None], TypeError, "keys must be strings"),
+    ([{"a": {1, 2}}, None], TypeError, "not JSON"),
+])
+def test_bad_payloads(payloads, exc, match):
+    with pytest.raises(exc, match=match):
+        encode_payloads(payloads, 2)
+
+
+keys_st = st.one_of(st.integers(0, 6), st.sampled_from(["a", "b", "c"]))
+payload_st = st.dictionaries(st.sampled_from(["x", "y"]), st.one_of(st.integers(0, 3), st.sampled_from(["p", "q"])), max_size=2)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random upserts and deletes keep the store equal to a dict model."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory()
+        self.store = PayloadStore(self.dir.name + "/p.sqlite")
+        self.model = {}
+        self.next_uid = 0
+
+    @rule(batch=st.dictionaries(keys_st, payload_st, min_size=1, max_size=4))
+    def upsert(self, batch):
+        keys = list(batch)
+        uids = np.arange(self.next_uid, self.next_uid + len(keys))
+        self.next_uid += len(keys)
+        old = self.store.upsert(keys, uids, encode_payloads(list(batch.values()), len(keys)))
+        for key, uid, o in zip(keys, uids, old):
+            assert o == (self.model[(type(key), key)][0] if (type(key), key) in self.model else -1)
+            self.model[(type(key), key)] = (int(uid), batch[key])
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete(self, data):
+        key = data.draw(st.sampled_from(sorted(self.model, key=repr)))
+        assert self.store.delete([key[1]]).tolist() == [self.model.pop(key)[0]]
+
+    @rule(flt=st.dictionaries(st.sampled_from(["x", "y"]), st.one_of(st.integers(0, 3), st.sampled_from(["p", "q"])), max_size=1))
+    def select(self, flt):
+        want = sorted(uid for uid, p in self.model.values() if matches(flt, p))
+        assert self.store.uids_where(flt).tolist() == want
+
+    @invariant()
+    def same_contents(self):
+        assert self.store.count() == len(self.model)
+        keys = [k for _, k in self.model]
+        assert self.store.get(keys) == [self.model[(type(k), k)] for k in keys]
+
+    def teardown(self):
+        self.store.close()
+        self.dir.cleanup()
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=15, deadline=None)
