@@ -42,3 +42,34 @@ class IdNotFoundError(ShoalError, KeyError):
 
 class CorruptIndexError(ShoalError):
     """A saved index file that is truncated, damaged or not a shoal file."""
+
+
+class FilterError(InvalidArgumentError):
+    """A filter that does not follow the grammar in ``shoal.db.filters``."""
+
+
+class LockedError(ShoalError):
+    """Another process holds the database open for writing."""
+
+    http_status = 423
+
+
+class ReadOnlyError(ShoalError):
+    """A write to a database or collection opened read-only."""
+
+    http_status = 403
+
+
+class CollectionNotFoundError(ShoalError, KeyError):
+    """A collection name that does not exist."""
+
+    http_status = 404
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CollectionExistsError(InvalidArgumentError):
+    """A collection name that is already taken."""
+
+    http_status = 409

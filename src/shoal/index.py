@@ -32,6 +32,7 @@ from shoal.kernels.build import (
     reverse_keys,
     unreachable_nodes,
 )
+from shoal.exact import exact_top_k
 from shoal.kernels.distance import distances_to_rows
 from shoal.kernels.quantize import int8_codes
 from shoal.kernels.search import search_batch
@@ -408,6 +409,24 @@ class Index:
             return labels[0], dists[0]
         return labels, dists
 
+    def search_masked(self, queries: np.ndarray, k: int, ef: int, num_threads: int | None,
+                      mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Search for prepared queries (C-contiguous float32, (nq, dim), unit length under
+        cosine) restricted to nodes whose ``mask`` (bool, one per node in insertion order) is
+        set; ``None`` means all. Returns ids and distances as ``search``. For callers that keep
+        their own per-node state (collections); inputs are trusted."""
+        threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
+        ef = max(ef, k)
+        if mask is None:
+            nodes, dists = self._search_nodes(queries, k, ef, threads)
+        else:
+            nodes, dists = self._search_allowed(queries, k, ef, threads,
+                                                np.flatnonzero(mask[: self._count]).astype(np.int32))
+        labels = np.full(nodes.shape, -1, np.int64)
+        found = nodes >= 0
+        labels[found] = self._ids[nodes[found]]
+        return labels, dists
+
     def _search_allowed(self, q: np.ndarray, k: int, ef: int, threads: int, nodes: np.ndarray):
         """Search restricted to ``nodes`` (sorted int32): exact scan or filtered graph search,
         whichever the cost estimate says is cheaper."""
@@ -418,29 +437,10 @@ class Index:
         return self._search_nodes(q, k, ef, threads, mask)
 
     def _exact_nodes(self, q: np.ndarray, k: int, nodes: np.ndarray):
-        """Exact k nearest among ``nodes``: BLAS picks them, the kernel's distances rank them."""
-        nq = q.shape[0]
-        out_n = np.full((nq, k), -1, np.int32)
-        out_d = np.full((nq, k), np.inf, np.float32)
-        if nodes.size == 0 or nq == 0:
-            return out_n, out_d
-        rows = self._vectors[nodes]
-        sq = (rows * rows).sum(axis=1) if self._metric_code == 1 else None
-        take = min(k, nodes.size)
-        step = max(1, (1 << 24) // nodes.size)  # about 64 MB of scores at a time
-        for lo in range(0, nq, step):
-            scores = q[lo:lo + step] @ rows.T  # larger is closer (ip) ...
-            if sq is not None:
-                scores = 2 * scores - sq  # ... and for l2, -(|r|^2 - 2 q.r) orders alike
-            best = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < nodes.size \
-                else np.broadcast_to(np.arange(nodes.size), (scores.shape[0], nodes.size))
-            for i, cols in enumerate(best, start=lo):
-                cand = nodes[cols]
-                d = distances_to_rows(q[i], self._vectors, cand, self._metric_code)
-                order = np.argsort(d, kind="stable")
-                out_n[i, :take] = cand[order]
-                out_d[i, :take] = d[order]
-        return out_n, out_d
+        """Exact k nearest among ``nodes`` (int32)."""
+        pos, dists = exact_top_k(q, self._vectors[nodes], k, self._metric_code)
+        out = np.where(pos >= 0, nodes[np.maximum(pos, 0)] if nodes.size else -1, -1)
+        return out.astype(np.int32), dists
 
     def _search_nodes(self, q: np.ndarray, k: int, ef: int, threads: int,
                       allowed: np.ndarray | None = None):

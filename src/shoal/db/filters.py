@@ -33,15 +33,11 @@ import math
 import numbers
 from typing import Any
 
-from shoal.errors import InvalidArgumentError
+from shoal.errors import FilterError
 
 COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARISONS}
 MAX_DEPTH = 32
-
-
-class FilterError(InvalidArgumentError):
-    """A filter that does not follow the grammar in ``shoal.db.filters``."""
 
 
 def compile_filter(flt: Any, column: str = "payload") -> tuple[str, list[Any]]:

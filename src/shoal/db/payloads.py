@@ -133,16 +133,17 @@ class PayloadStore:
         """Remove keys; returns the uids removed (absent keys are skipped)."""
         uids = self.uids_of(keys)
         uids = uids[uids >= 0]
-        self._delete_uids(uids)
+        self.delete_uids(uids)
         return uids
 
     def delete_where(self, flt: dict) -> np.ndarray:
         """Remove the points matching a filter; returns their uids."""
         uids = self.uids_where(flt)
-        self._delete_uids(uids)
+        self.delete_uids(uids)
         return uids
 
-    def _delete_uids(self, uids: np.ndarray) -> None:
+    def delete_uids(self, uids: np.ndarray) -> None:
+        """Remove the points with these uids (absent ones are skipped)."""
         with self._transaction():
             self._db.executemany("DELETE FROM points WHERE uid = ?", [(int(u),) for u in uids])
 
@@ -182,6 +183,11 @@ class PayloadStore:
             return self._db.execute("SELECT count(*) FROM points").fetchone()[0]
         sql, params = compile_filter(flt)
         return self._db.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
+
+    def checkpoint(self) -> None:
+        """Write SQLite's own log into the database file and sync it, so that the state so far
+        survives without the collection's write-ahead log."""
+        self._db.execute("PRAGMA wal_checkpoint(FULL)")
 
     def max_uid(self) -> int:
         """The largest uid stored (-1 when empty)."""

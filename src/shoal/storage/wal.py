@@ -64,16 +64,17 @@ class WriteAheadLog:
     writer lock.
     """
 
-    def __init__(self, path: str | os.PathLike, *, first_seq: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, *, first_seq: int = 1, read_only: bool = False) -> None:
         self.path = os.fspath(path)
         self.truncated_bytes = 0
-        if not os.path.exists(self.path):
+        self.read_only = read_only
+        if not os.path.exists(self.path) and not read_only:
             self._create(first_seq)
-        self._file = open(self.path, "r+b")
+        self._file = open(self.path, "rb" if read_only else "r+b")
         try:
             self.first_seq, self._records, end = self._scan()
             size = os.fstat(self._file.fileno()).st_size
-            if end < size:
+            if end < size and not read_only:  # a reader leaves a live writer's tail alone
                 self.truncated_bytes = size - end
                 warnings.warn(f"{self.path}: cut {size - end} bytes of damaged or unfinished log "
                               f"tail after sequence {self.last_seq}", WalTruncatedWarning, stacklevel=2)
@@ -136,6 +137,8 @@ class WriteAheadLog:
 
     def append(self, kind: int, payload: bytes, *, sync: bool = True) -> int:
         """Write one record; returns its sequence number once it is durable (with ``sync``)."""
+        if self.read_only:
+            raise InvalidArgumentError(f"{self.path} is open read-only")
         if not 0 <= kind <= 255:
             raise InvalidArgumentError(f"kind must be in 0..255, got {kind}")
         payload = bytes(payload)
@@ -166,7 +169,8 @@ class WriteAheadLog:
 
     def close(self) -> None:
         if not self._file.closed:
-            self.sync()
+            if not self.read_only:
+                self.sync()
             self._file.close()
 
     def __enter__(self) -> "WriteAheadLog":

@@ -1,0 +1,154 @@
+"""``shoal.open``: a database directory of named collections, one writer process at a time.
+
+Layout::
+
+    LOCK                 held (flock) by the one process that has the database open to write
+    collections/NAME/    one directory per collection (``shoal.db.collection``)
+
+A second process opening the same directory to write gets ``LockedError`` at once; opening
+with ``read_only=True`` takes no lock and sees the data as of the moment it opens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from typing import Any
+
+from shoal import _validate
+from shoal.db.collection import FORMAT, Collection, write_json
+from shoal.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    LockedError,
+    ReadOnlyError,
+)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: object) -> str:
+    """A collection name: 1-64 of letters, digits, '_', '.', '-', not starting with '.'/'-'/'_'."""
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"collection name must be a string, got {type(name).__name__}")
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidArgumentError(
+            f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit")
+    return name
+
+
+class Database:
+    """A directory of collections. Use ``shoal.open(path)``; close it (or use ``with``)."""
+
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False,
+                 durability: str = "sync") -> None:
+        self.path = os.fspath(path)
+        self.read_only = read_only
+        self.durability = durability
+        self._open: dict[str, Collection] = {}
+        self._lock_file = None
+        if read_only:
+            if not os.path.isdir(self.path):
+                raise FileNotFoundError(f"no shoal database at {self.path}")
+        else:
+            os.makedirs(os.path.join(self.path, "collections"), exist_ok=True)
+            self._lock_file = open(os.path.join(self.path, "LOCK"), "a+")
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_file.close()
+                raise LockedError(f"{self.path} is open for writing by another process; open it with "
+                                  "read_only=True to read") from None
+            self._lock_file.truncate(0)
+            self._lock_file.write(str(os.getpid()))
+            self._lock_file.flush()
+
+    def _dir(self, name: str) -> str:
+        return os.path.join(self.path, "collections", check_name(name))
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"database {self.path} is open read-only")
+        if self._lock_file is None:
+            raise InvalidArgumentError("the database is closed")
+
+    def list_collections(self) -> list[str]:
+        root = os.path.join(self.path, "collections")
+        if not os.path.isdir(root):
+            return []
+        return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "manifest.json")))
+
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
+                          ef_construction: int = 40) -> Collection:
+        """Create an empty collection; ``CollectionExistsError`` if the name is taken."""
+        self._check_writable()
+        path = self._dir(name)
+        dim = _validate.positive_int(dim, "dim")
+        _validate.metric_code(metric)
+        m = _validate.positive_int(m, "m", minimum=2)
+        ef_construction = _validate.positive_int(ef_construction, "ef_construction")
+        if os.path.exists(os.path.join(path, "manifest.json")):
+            raise CollectionExistsError(f"collection {name!r} already exists")
+        if os.path.exists(path):  # the remains of a create that crashed
+            shutil.rmtree(path)
+        tmp = path + ".creating"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        write_json(os.path.join(tmp, "config.json"), {
+            "format": FORMAT, "name": name, "dim": dim, "metric": metric, "m": m,
+            "ef_construction": ef_construction})
+        write_json(os.path.join(tmp, "manifest.json"), {
+            "format": FORMAT, "segments": [], "checkpoint_seq": 0, "next_uid": 0, "next_segment": 1})
+        os.replace(tmp, path)
+        return self.get_collection(name)
+
+    def get_collection(self, name: str) -> Collection:
+        """An existing collection; ``CollectionNotFoundError`` (a ``KeyError``) if absent."""
+        path = self._dir(name)
+        if name not in self._open:
+            if not os.path.isfile(os.path.join(path, "manifest.json")):
+                raise CollectionNotFoundError(f"no collection named {name!r} (have: {self.list_collections()})")
+            self._open[name] = Collection(path, read_only=self.read_only, durability=self.durability)
+        return self._open[name]
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and its files."""
+        self._check_writable()
+        path = self._dir(name)
+        if not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise CollectionNotFoundError(f"no collection named {name!r}")
+        if name in self._open:
+            self._open.pop(name).close()
+        doomed = path + ".dropping"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+
+    def close(self) -> None:
+        for col in self._open.values():
+            col.close()
+        self._open.clear()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({self.path!r}, collections={self.list_collections()})"
+
+
+def open_database(path: str | os.PathLike, *, read_only: bool = False, durability: str = "sync") -> Database:
+    """Open (creating if needed) the database at ``path``; see ``Database``."""
+    return Database(path, read_only=read_only, durability=durability)
+
+
+__all__ = ["Database", "check_name", "open_database"]

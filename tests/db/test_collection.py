@@ -1,0 +1,173 @@
+"""Collections: behaviour against brute force, persistence, locking and input errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import shoal
+import shoal.db.collection as collection_module
+
+
+@pytest.fixture
+def small_segments(monkeypatch):
+    monkeypatch.setattr(collection_module, "SEGMENT_ROWS", 60)
+    monkeypatch.setattr(collection_module, "MAX_SEGMENTS", 3)
+
+
+def vectors(n, dim=8, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def brute(col_vectors, q, k, metric):
+    keys = list(col_vectors)
+    x = np.array([col_vectors[key] for key in keys])
+    if metric == "l2":
+        d = ((x - q) ** 2).sum(1)
+    else:
+        qq = q / np.linalg.norm(q) if metric == "cosine" else q
+        xx = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+        d = 1 - xx @ qq
+    order = np.argsort(d, kind="stable")[:k]
+    return [keys[i] for i in order], d[order]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_search_matches_brute_force_through_seals_and_deletes(tmp_path, small_segments, metric):
+    model = {}
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=8, metric=metric)
+        x = vectors(400, seed=1)
+        for lo in range(0, 400, 37):
+            ids = list(range(lo, min(lo + 37, 400)))
+            col.upsert(ids, x[lo:lo + 37], [{"n": i, "even": i % 2 == 0} for i in ids])
+            model.update({i: x[i] for i in ids})
+        col.upsert([5, 6], vectors(2, seed=9), [{"n": 5}, {"n": 6}])   # replace
+        model.update({5: vectors(2, seed=9)[0], 6: vectors(2, seed=9)[1]})
+        assert col.delete(ids=list(range(100, 150))) == 50
+        for i in range(100, 150):
+            model.pop(i)
+        assert col.stats()["sealed_segments"] >= 1
+        assert col.count() == len(model)
+        q = vectors(5, seed=3)
+        for qi, hits in zip(q, col.search(q, k=10, ef=400)):
+            want, dist = brute(model, qi, 10, metric)
+            assert [h.id for h in hits] == want
+            np.testing.assert_allclose([h.distance for h in hits], dist, rtol=1e-4, atol=1e-5)
+        even = {key: v for key, v in model.items() if key % 2 == 0}
+        hits = col.search(q[0], k=10, ef=400, filter={"even": True})
+        assert [h.id for h in hits] == brute(even, q[0], 10, metric)[0]
+
+
+def test_ids_payloads_get_and_scores(tmp_path):
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("docs", dim=3, metric="cosine")
+        col.upsert([1, "a-uuid", 2**40], np.eye(3), [{"lang": "en", "tags": ["x"]}, None, {"y": 2021}])
+        got = col.get([1, "a-uuid", 7])
+        assert got[0]["id"] == 1 and got[0]["payload"] == {"lang": "en", "tags": ["x"]}
+        np.testing.assert_allclose(got[0]["vector"], [1, 0, 0])
+        assert got[1]["payload"] == {} and got[2] is None
+        hit = col.search([1.0, 0.1, 0], k=1, with_vector=True)[0]
+        assert hit.id == 1 and hit.score == pytest.approx(1 - hit.distance) and hit.vector is not None
+        assert col.count({"tags": "x"}) == 1 and len(col) == 3
+        assert col.delete(filter={"y": {"$gte": 2000}}) == 1
+        assert col.get([2**40]) == [None]
+        assert db.list_collections() == ["docs"]
+
+
+def test_reopen_recovers_sealed_segments_and_the_log(tmp_path, small_segments):
+    x = vectors(250, seed=4)
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=8, metric="l2")
+        col.upsert(list(range(200)), x[:200], [{"i": i} for i in range(200)])  # sealed
+        col.upsert(list(range(200, 250)), x[200:], [{"i": i} for i in range(200, 250)])  # in the log
+        col.delete(ids=[3, 4, 200])
+        before = col.search(x[:4], k=5, ef=300)
+        stats = col.stats()
+    assert stats["sealed_segments"] >= 1 and stats["mutable_rows"] > 0
+    with shoal.open(tmp_path / "db") as db:
+        col = db.get_collection("c")
+        assert col.count() == 247 and col.get([3, 200]) == [None, None]
+        after = col.search(x[:4], k=5, ef=300)
+        assert [[h.id for h in r] for r in after] == [[h.id for h in r] for r in before]
+        col.compact()
+        assert col.stats()["sealed_segments"] == 1 and col.stats()["deleted_rows"] == 0
+        assert [[h.id for h in r] for r in col.search(x[:4], k=5, ef=300)] == [[h.id for h in r] for r in before]
+    with shoal.open(tmp_path / "db") as db:
+        assert db.get_collection("c").count() == 247
+
+
+def test_one_writer_process_and_read_only_opens(tmp_path):
+    path = tmp_path / "db"
+    with shoal.open(path) as db:
+        db.create_collection("c", dim=2).upsert([1], [[1.0, 0.0]])
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import shoal, sys, time; db = shoal.open(sys.argv[1]); print('open', flush=True); time.sleep(60)"),
+        str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(shoal.LockedError, match="another process"):
+            shoal.open(path)
+        ro = shoal.open(path, read_only=True)
+        col = ro.get_collection("c")
+        assert col.count() == 1 and col.search([1.0, 0.0], k=1)[0].id == 1
+        with pytest.raises(shoal.ReadOnlyError):
+            col.upsert([2], [[0.0, 1.0]])
+        with pytest.raises(shoal.ReadOnlyError):
+            ro.create_collection("d", dim=2)
+        ro.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    shoal.open(path).close()  # the lock died with its holder
+
+
+def test_collection_management_errors(tmp_path):
+    with shoal.open(tmp_path / "db") as db:
+        db.create_collection("a", dim=4)
+        with pytest.raises(shoal.CollectionExistsError):
+            db.create_collection("a", dim=4)
+        with pytest.raises(KeyError, match="no collection named 'zz'"):
+            db.get_collection("zz")
+        for bad in ("../x", "a/b", "", ".hidden", "x" * 65, "a..b"):
+            with pytest.raises(ValueError, match="not valid"):
+                db.create_collection(bad, dim=4)
+        with pytest.raises(TypeError):
+            db.create_collection(3, dim=4)
+        with pytest.raises(ValueError, match="metric"):
+            db.create_collection("b", dim=4, metric="hamming")
+        db.drop_collection("a")
+        assert db.list_collections() == []
+        with pytest.raises(shoal.CollectionNotFoundError):
+            db.drop_collection("a")
+
+
+def test_bad_input_changes_nothing(tmp_path):
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=3, metric="cosine")
+        col.upsert([1, 2], np.eye(3)[:2], [{"a": 1}, {"a": 2}])
+        def state():
+            got = col.get([1, 2])
+            return (col.count(), col.stats(), [(g["id"], g["payload"], g["vector"].tolist()) for g in got])
+
+        before = state()
+        cases = [
+            (lambda: col.upsert([3], np.ones((1, 4))), ValueError, "dimension 3"),
+            (lambda: col.upsert([3], [[np.nan, 0, 0]]), ValueError, "NaN"),
+            (lambda: col.upsert([3], [[0.0, 0, 0]]), ValueError, "zero length"),
+            (lambda: col.upsert([3.5], np.ones((1, 3))), TypeError, "int or a string"),
+            (lambda: col.upsert([3, 3], np.ones((2, 3))), ValueError, "repeated"),
+            (lambda: col.upsert([3], np.ones((2, 3))), ValueError, "1 entries but vectors has 2"),
+            (lambda: col.upsert([3], np.ones((1, 3)), [{"a": {1, 2}}]), TypeError, "not JSON"),
+            (lambda: col.upsert([3], np.ones((1, 3)), ["text"]), TypeError, "JSON object"),
+            (lambda: col.search(np.ones(3), filter={"a": {"$bad": 1}}), shoal.FilterError, "unknown operator"),
+            (lambda: col.search(np.ones(3), k=0), ValueError, "k must be"),
+            (lambda: col.delete(), ValueError, "exactly one"),
+            (lambda: col.delete(ids=[1], filter={"a": 1}), ValueError, "exactly one"),
+            (lambda: col.delete(filter={"$or": []}), shoal.FilterError, "non-empty"),
+        ]
+        for call, exc, match in cases:
+            with pytest.raises(exc, match=match):
+                call()
+        assert state() == before
