@@ -161,7 +161,7 @@ class Collection:
                 self._next_uid = max(self._next_uid, int(uids.max()) + 1)
             elif rec.kind == DELETE and not self.read_only:
                 self._store.delete_uids(np.frombuffer(rec.payload, "<i8"))
-        live = self._store.uids_where()
+        live = self._store.uids_where(for_write=not self.read_only)
         snap = self._snap
         sealed = tuple(replace(s, live=np.isin(s.uids, live)) for s in snap.sealed)
         mlive = np.zeros(snap.uids.shape[0], bool)
@@ -203,10 +203,10 @@ class Collection:
             raise InvalidArgumentError("delete takes ids or filter (exactly one)")
         with self._write_lock:
             if ids is not None:
-                uids = self._store.uids_of(check_keys(ids))
+                uids = self._store.uids_of(check_keys(ids), for_write=True)
                 uids = uids[uids >= 0]
             else:
-                uids = self._store.uids_where(filter)
+                uids = self._store.uids_where(filter, for_write=True)
             if uids.size == 0:
                 return 0
             self._wal.append(DELETE, uids.astype("<i8").tobytes(), sync=self._sync)

@@ -20,6 +20,7 @@ import json
 import math
 import numbers
 import sqlite3
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,34 +96,56 @@ class PayloadStore:
     """Keys, uids and payloads of one collection, in the SQLite file ``path``."""
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
-        uri = f"file:{path}?mode=ro" if read_only else f"file:{path}?mode=rwc"
+        self._read_uri = f"file:{path}?mode=ro"
+        uri = self._read_uri if read_only else f"file:{path}?mode=rwc"
+        # Writes (and the reads they depend on) use this connection, under the caller's writer
+        # lock; every other thread reads through a connection of its own (SQLite's WAL mode
+        # lets readers run beside a writer, each seeing committed transactions only).
         self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         if not read_only:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS points "
                              "(uid INTEGER PRIMARY KEY, key UNIQUE NOT NULL, payload TEXT NOT NULL)")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def _reader(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self._read_uri, uri=True, isolation_level=None, check_same_thread=False)
+            self._local.con = con
+            with self._readers_lock:
+                self._readers.append(con)
+        return con
 
     def close(self) -> None:
+        with self._readers_lock:
+            for con in self._readers:
+                con.close()
+            self._readers.clear()
         self._db.close()
 
     def _chunks(self, keys: list[Key]):
         for lo in range(0, len(keys), _CHUNK):
             yield keys[lo:lo + _CHUNK]
 
-    def uids_of(self, keys: list[Key]) -> np.ndarray:
-        """uid of each key (int64), -1 where absent."""
+    def uids_of(self, keys: list[Key], *, for_write: bool = False) -> np.ndarray:
+        """uid of each key (int64), -1 where absent (``for_write``: through the writer's
+        connection, for a write that depends on it)."""
+        con = self._db if for_write else self._reader()
         found: dict[tuple[type, Key], int] = {}
         for part in self._chunks(keys):
             marks = ",".join("?" * len(part))
-            for key, uid in self._db.execute(f"SELECT key, uid FROM points WHERE key IN ({marks})", part):
+            for key, uid in con.execute(f"SELECT key, uid FROM points WHERE key IN ({marks})", part):
                 found[(type(key), key)] = uid
         return np.array([found.get((type(k), k), -1) for k in keys], np.int64)
 
     def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str]) -> np.ndarray:
         """Store (key, uid, payload) rows, replacing existing keys; returns the replaced uids
         (-1 where the key was new). A uid already stored (a replay) is left as it is."""
-        old = self.uids_of(keys)
+        old = self.uids_of(keys, for_write=True)
         rows = [(int(u), k, p) for k, u, p, o in zip(keys, uids, payloads, old) if o != u]
         with self._transaction():
             self._db.executemany("DELETE FROM points WHERE key = ?", [(r[1],) for r in rows])
@@ -131,14 +154,14 @@ class PayloadStore:
 
     def delete(self, keys: list[Key]) -> np.ndarray:
         """Remove keys; returns the uids removed (absent keys are skipped)."""
-        uids = self.uids_of(keys)
+        uids = self.uids_of(keys, for_write=True)
         uids = uids[uids >= 0]
         self.delete_uids(uids)
         return uids
 
     def delete_where(self, flt: dict) -> np.ndarray:
         """Remove the points matching a filter; returns their uids."""
-        uids = self.uids_where(flt)
+        uids = self.uids_where(flt, for_write=True)
         self.delete_uids(uids)
         return uids
 
@@ -152,7 +175,7 @@ class PayloadStore:
         found: dict[tuple[type, Key], tuple[int, dict]] = {}
         for part in self._chunks(keys):
             marks = ",".join("?" * len(part))
-            for key, uid, payload in self._db.execute(
+            for key, uid, payload in self._reader().execute(
                     f"SELECT key, uid, payload FROM points WHERE key IN ({marks})", part):
                 found[(type(key), key)] = (uid, json.loads(payload))
         return [found.get((type(k), k)) for k in keys]
@@ -164,25 +187,27 @@ class PayloadStore:
         for lo in range(0, len(ulist), _CHUNK):
             part = ulist[lo:lo + _CHUNK]
             marks = ",".join("?" * len(part))
-            for uid, key, payload in self._db.execute(
+            for uid, key, payload in self._reader().execute(
                     f"SELECT uid, key, payload FROM points WHERE uid IN ({marks})", part):
                 found[uid] = (key, json.loads(payload))
         return [found.get(u) for u in ulist]
 
-    def uids_where(self, flt: dict | None = None) -> np.ndarray:
+    def uids_where(self, flt: dict | None = None, *, for_write: bool = False) -> np.ndarray:
         """Sorted uids of the points matching a filter (all points without one)."""
+        con = self._db if for_write else self._reader()
         if flt is None:
-            rows = self._db.execute("SELECT uid FROM points ORDER BY uid")
+            rows = con.execute("SELECT uid FROM points ORDER BY uid")
         else:
             sql, params = compile_filter(flt)
-            rows = self._db.execute(f"SELECT uid FROM points WHERE {sql} ORDER BY uid", params)
+            rows = con.execute(f"SELECT uid FROM points WHERE {sql} ORDER BY uid", params)
         return np.fromiter((u for (u,) in rows), np.int64)
 
     def count(self, flt: dict | None = None) -> int:
+        con = self._reader()
         if flt is None:
-            return self._db.execute("SELECT count(*) FROM points").fetchone()[0]
+            return con.execute("SELECT count(*) FROM points").fetchone()[0]
         sql, params = compile_filter(flt)
-        return self._db.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
+        return con.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
 
     def checkpoint(self) -> None:
         """Write SQLite's own log into the database file and sync it, so that the state so far
