@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shoal.kernels.distance import L2, distances_to_rows
+from shoal.kernels.distance import L2, pair_distances
 
 
 def exact_top_k(queries: np.ndarray, rows: np.ndarray, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]:
@@ -24,12 +24,13 @@ def exact_top_k(queries: np.ndarray, rows: np.ndarray, k: int, metric: int) -> t
         scores = queries[lo:lo + step] @ rows.T  # larger is closer (ip) ...
         if sq is not None:
             scores = 2 * scores - sq  # ... and for l2, -(|r|^2 - 2 q.r) orders alike
-        best = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < n else \
-            np.broadcast_to(np.arange(n), (scores.shape[0], n))
-        for i, cols in enumerate(best, start=lo):
-            cols = np.ascontiguousarray(cols, dtype=np.int32)
-            d = distances_to_rows(queries[i], rows, cols, metric)
-            order = np.argsort(d, kind="stable")
-            out_p[i, :take] = cols[order]
-            out_d[i, :take] = d[order]
+        if take < n:
+            cols = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        else:
+            cols = np.broadcast_to(np.arange(n), scores.shape)
+        cols = np.ascontiguousarray(cols, dtype=np.int64)
+        d = pair_distances(queries[lo:lo + step], rows, cols, metric)
+        order = np.argsort(d, axis=1, kind="stable")
+        out_p[lo:lo + step, :take] = np.take_along_axis(cols, order, 1)
+        out_d[lo:lo + step, :take] = np.take_along_axis(d, order, 1)
     return out_p, out_d

@@ -28,7 +28,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,8 +46,7 @@ SEGMENT_ROWS = 50_000
 MAX_SEGMENTS = 8
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     """One search result. ``distance`` is in the metric's convention (smaller is closer);
     ``score`` is the similarity a user of Qdrant or Chroma expects: cosine similarity or inner
     product, and minus the squared distance for l2."""
@@ -381,17 +380,16 @@ class Collection:
         return hits[0] if one else hits
 
     def _hits(self, snap, top_u, top_d, with_payload, with_vector) -> list[list[Hit]]:
-        wanted = np.unique(top_u[top_u >= 0])
-        info = dict(zip(wanted.tolist(), self._store.keys_of(wanted)))
+        info = self._store.keys_of(np.unique(top_u[top_u >= 0]), payloads=with_payload)
+        metric = self.metric
         out = []
-        for us, ds in zip(top_u, top_d):
+        for us, ds in zip(top_u.tolist(), top_d.tolist()):
             row = []
-            for u, d in zip(us.tolist(), ds.tolist()):
-                if u < 0 or info.get(u) is None:  # padding, or deleted since the snapshot
-                    continue
-                key, payload = info[u]
-                row.append(Hit(key, float(d), self.metric, payload if with_payload else None,
-                               self._vector_of(snap, u) if with_vector else None))
+            for u, d in zip(us, ds):
+                found = info.get(u)  # None: padding, or deleted since the snapshot
+                if found is not None:
+                    row.append(Hit(found[0], d, metric, found[1],
+                                   self._vector_of(snap, u) if with_vector else None))
             out.append(row)
         return out
 

@@ -180,17 +180,22 @@ class PayloadStore:
                 found[(type(key), key)] = (uid, json.loads(payload))
         return [found.get((type(k), k)) for k in keys]
 
-    def keys_of(self, uids: np.ndarray) -> list[tuple[Key, dict] | None]:
-        """(key, payload) of each uid, None where absent."""
-        found: dict[int, tuple[Key, dict]] = {}
+    def keys_of(self, uids: np.ndarray, *, payloads: bool = True) -> dict[int, tuple[Key, dict | None]]:
+        """{uid: (key, payload)} of the uids present (payload None unless ``payloads``)."""
+        found: dict[int, tuple[Key, dict | None]] = {}
         ulist = [int(u) for u in uids]
+        con = self._reader()
         for lo in range(0, len(ulist), _CHUNK):
             part = ulist[lo:lo + _CHUNK]
             marks = ",".join("?" * len(part))
-            for uid, key, payload in self._reader().execute(
-                    f"SELECT uid, key, payload FROM points WHERE uid IN ({marks})", part):
-                found[uid] = (key, json.loads(payload))
-        return [found.get(u) for u in ulist]
+            if payloads:
+                for uid, key, payload in con.execute(
+                        f"SELECT uid, key, payload FROM points WHERE uid IN ({marks})", part):
+                    found[uid] = (key, json.loads(payload))
+            else:
+                for uid, key in con.execute(f"SELECT uid, key FROM points WHERE uid IN ({marks})", part):
+                    found[uid] = (key, None)
+        return found
 
     def uids_where(self, flt: dict | None = None, *, for_write: bool = False) -> np.ndarray:
         """Sorted uids of the points matching a filter (all points without one)."""

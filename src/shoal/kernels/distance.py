@@ -41,6 +41,18 @@ def distances_to_rows(query, vectors, nodes, metric):
 
 
 @njit(**KERNEL_PARALLEL)
+def pair_distances(queries, rows, cols, metric):
+    """float32 (nq, c): distance from ``queries[i]`` to ``rows[cols[i, j]]``, for cols >= 0
+    (+inf elsewhere), in parallel over queries."""
+    out = np.full(cols.shape, np.inf, np.float32)
+    for i in prange(cols.shape[0]):
+        for j in range(cols.shape[1]):
+            if cols[i, j] >= 0:
+                out[i, j] = distance(queries[i], rows[cols[i, j]], metric)
+    return out
+
+
+@njit(**KERNEL_PARALLEL)
 def row_norms(x):
     """float32 (n,): Euclidean norm of each row of ``x`` (n, d), accumulated in float64."""
     out = np.empty(x.shape[0], np.float32)
