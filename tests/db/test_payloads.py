@@ -27,7 +27,8 @@ def test_upsert_get_delete(store):
     assert store.upsert([1], np.array([10]), encode_payloads([{"a": 9}], 1)).tolist() == [0]
     assert store.get([1]) == [(10, {"a": 9})]
     assert store.upsert([1], np.array([10]), encode_payloads([{"a": 9}], 1)).tolist() == [-1]  # replay
-    assert store.keys_of(np.array([10, 0, 2])) == [(1, {"a": 9}), None, ("doc-a", {"t": ["x"]})]
+    assert store.keys_of(np.array([10, 0, 2])) == {10: (1, {"a": 9}), 2: ("doc-a", {"t": ["x"]})}
+    assert store.keys_of(np.array([10]), payloads=False) == {10: (1, None)}
     assert store.uids_where({"a": {"$gte": 2}}).tolist() == [3, 10]
     assert store.count() == 4 and store.count({"t": "x"}) == 1 and store.max_uid() == 10
     assert store.delete(["doc-a", "missing"]).tolist() == [2]
