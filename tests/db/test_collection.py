@@ -171,3 +171,16 @@ def test_bad_input_changes_nothing(tmp_path):
             with pytest.raises(exc, match=match):
                 call()
         assert state() == before
+
+
+def test_batch_durability_flushes_on_close(tmp_path):
+    with shoal.open(tmp_path / "db", durability="batch") as db:
+        col = db.create_collection("c", dim=2, metric="l2")
+        col.upsert([1, 2], [[0.0, 1.0], [1.0, 0.0]])
+        col.flush()
+        col.upsert([3], [[1.0, 1.0]])
+    with shoal.open(tmp_path / "db") as db:
+        assert db.get_collection("c").count() == 3
+    with pytest.raises(ValueError, match="durability"):
+        shoal.open(tmp_path / "db2", durability="sometimes")
+    assert not (tmp_path / "db2").exists()

@@ -47,6 +47,8 @@ class Database:
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False,
                  durability: str = "sync") -> None:
+        if durability not in ("sync", "batch"):
+            raise InvalidArgumentError(f"durability must be 'sync' or 'batch', got {durability!r}")
         self.path = os.fspath(path)
         self.read_only = read_only
         self.durability = durability
