@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -31,16 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import shoal  # noqa: E402
+from bench_core import median_time  # noqa: E402  (same directory)
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
-
-
-def timed(fn, reps: int = 3) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def hit_ids(results) -> np.ndarray:
@@ -109,9 +100,9 @@ def main(argv=None) -> int:
                 col.compact()
             for ef in (32, 64):
                 col.search(ds.queries[:10], k=10, ef=ef)
-                secs = timed(lambda: col.search(ds.queries, k=10, ef=ef, with_payload=False, num_threads=1))
+                secs = median_time(lambda: col.search(ds.queries, k=10, ef=ef, with_payload=False, num_threads=1))
                 found = hit_ids(col.search(ds.queries, k=10, ef=ef, with_payload=False, num_threads=1))
-                base_secs = timed(lambda: index.search(ds.queries, 10, ef=ef, num_threads=1))
+                base_secs = median_time(lambda: index.search(ds.queries, 10, ef=ef, num_threads=1))
                 row = {"state": state, "ef": ef, "recall": recall_at_k(found, ds.gt),
                        "qps": len(ds.queries) / secs, "index_qps": len(ds.queries) / base_secs}
                 results["search"].append(row)
@@ -124,7 +115,7 @@ def main(argv=None) -> int:
         sims = ds.queries @ unit.T
         for label, flt, mask in filters_by_selectivity(payloads):
             gt = np.argsort(-np.where(mask[None, :], sims, -np.inf), axis=1)[:, :10]
-            secs = timed(lambda: col.search(ds.queries, k=10, ef=64, filter=flt, with_payload=False, num_threads=1))
+            secs = median_time(lambda: col.search(ds.queries, k=10, ef=64, filter=flt, with_payload=False, num_threads=1))
             found = hit_ids(col.search(ds.queries, k=10, ef=64, filter=flt, with_payload=False, num_threads=1))
             row = {"label": label, "filter": flt, "selectivity": float(mask.mean()),
                    "recall": recall_at_k(found, gt), "qps": len(ds.queries) / secs}

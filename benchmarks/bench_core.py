@@ -56,7 +56,8 @@ def _reset_peak() -> None:
         pass
 
 
-def _time_search(fn, reps: int = 3) -> float:
+def median_time(fn, reps: int = 3) -> float:
+    """Median wall time of ``reps`` calls of ``fn``."""
     times = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -136,7 +137,7 @@ def worker(spec: dict) -> dict:
         search(ds.queries[:10], 10, 16)
         for ef in spec.get("efs", EFS):
             labels = search(ds.queries, 10, ef)
-            secs = _time_search(lambda: search(ds.queries, 10, ef))
+            secs = median_time(lambda: search(ds.queries, 10, ef))
             out["curve"].append({"ef": ef, "recall": recall_at_k(labels, gt), "qps": len(ds.queries) / secs})
     return out
 
