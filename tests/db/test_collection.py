@@ -184,3 +184,21 @@ def test_batch_durability_flushes_on_close(tmp_path):
     with pytest.raises(ValueError, match="durability"):
         shoal.open(tmp_path / "db2", durability="sometimes")
     assert not (tmp_path / "db2").exists()
+
+
+def test_payload_index_gives_the_same_results_and_persists(tmp_path):
+    x = vectors(300, seed=5)
+    flt = {"g": {"$in": [1, 3]}, "tags": "t2"}
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=8, metric="l2")
+        col.upsert(list(range(300)), x, [{"g": i % 5, "tags": [f"t{i % 3}"]} for i in range(300)])
+        before = [[h.id for h in r] for r in col.search(x[:5], k=7, filter=flt, ef=300)]
+        col.create_payload_index("g")
+        col.create_payload_index("tags")
+        after = [[h.id for h in r] for r in col.search(x[:5], k=7, filter=flt, ef=300)]
+        assert after == before and col.count(flt) == 40  # 2/5 of g x 1/3 of tags
+    with shoal.open(tmp_path / "db") as db:
+        col = db.get_collection("c")
+        assert col._store.indexed == {"g", "tags"}
+        col.upsert([1000], vectors(1, seed=6), [{"g": 1, "tags": ["t2"]}])
+        assert col.count(flt) == 41

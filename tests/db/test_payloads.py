@@ -135,3 +135,56 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=15, deadline=None)
+
+
+from hypothesis import HealthCheck, given  # noqa: E402
+
+from tests.db.test_filters import filters, payloads as payload_rows  # noqa: E402
+
+INDEXABLE = ["a", "b", "c", "a.b", "b.c", "a.a"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(payload_rows, min_size=1, max_size=8), flt=filters,
+       fields=st.sets(st.sampled_from(INDEXABLE)), early=st.booleans(), data=st.data())
+def test_payload_indexes_select_the_same_rows(tmp_path_factory, rows, flt, fields, early, data):
+    """With indexes on any fields, created before or after the rows, and kept up through
+    replacements and deletes, a filter selects exactly what the model says."""
+    store = PayloadStore(str(tmp_path_factory.mktemp("ix") / "p.sqlite"))
+    if early:
+        for f in fields:
+            store.create_index(f)
+    keys = list(range(len(rows)))
+    store.upsert(keys, np.arange(len(rows)), encode_payloads(rows, len(rows)))
+    if not early:
+        for f in fields:
+            store.create_index(f)
+    model = dict(enumerate(rows))
+    uid_of = {k: k for k in keys}
+    if len(rows) > 1:  # replace one row's payload and delete another
+        k = data.draw(st.sampled_from(keys))
+        new = data.draw(payload_rows)
+        store.upsert([k], np.array([100 + k]), encode_payloads([new], 1))
+        model[k], uid_of[k] = new, 100 + k
+        gone = data.draw(st.sampled_from([x for x in keys if x != k]))
+        store.delete([gone])
+        del model[gone]
+    want = sorted(uid_of[k] for k, p in model.items() if matches(flt, p))
+    assert store.uids_where(flt).tolist() == want
+    assert store.count(flt) == len(want)
+    store.close()
+
+
+def test_an_indexed_filter_reads_the_index(store):
+    store.create_index("year")
+    store.upsert(list(range(50)), np.arange(50), encode_payloads([{"year": 2000 + i} for i in range(50)], 50))
+    from shoal.db.filters import compile_filter
+
+    sql, params = compile_filter({"year": {"$gte": 2040}}, indexed=store.indexed)
+    plan = " ".join(str(r) for r in store._db.execute(f"EXPLAIN QUERY PLAN SELECT uid FROM points WHERE {sql}", params))
+    assert "field_index_value" in plan
+    assert store.uids_where({"year": {"$gte": 2040}}).tolist() == list(range(40, 50))
+    with pytest.raises(ValueError, match="empty key"):
+        store.create_index("a..b")
+    with pytest.raises(TypeError):
+        store.create_index(3)

@@ -40,14 +40,22 @@ OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARISONS}
 MAX_DEPTH = 32
 
 
-def compile_filter(flt: Any, column: str = "payload") -> tuple[str, list[Any]]:
-    """SQL condition and parameters equivalent to ``flt`` over JSON column ``column``."""
+def compile_filter(flt: Any, column: str = "payload",
+                   indexed: frozenset[str] | set[str] = frozenset()) -> tuple[str, list[Any]]:
+    """SQL condition and parameters equivalent to ``flt`` over JSON column ``column``.
+
+    Comparisons on a path in ``indexed`` read the payload index instead: a table
+    ``field_index(field, type, value, uid)`` with one row per scalar value (array elements
+    included) of each indexed field (``shoal.db.payloads``), which SQLite searches through
+    its B-tree instead of reading every payload. Both forms select the same rows.
+    """
     params: list[Any] = []
-    sql = _filter(flt, column, params, "filter", 0)
+    sql = _filter(flt, column, params, "filter", 0, frozenset(indexed))
     return sql, params
 
 
-def _filter(flt: Any, col: str, params: list[Any], where: str, depth: int) -> str:
+def _filter(flt: Any, col: str, params: list[Any], where: str, depth: int,
+            indexed: frozenset[str]) -> str:
     if depth > MAX_DEPTH:
         raise FilterError(f"{where}: nested more than {MAX_DEPTH} levels")
     if not isinstance(flt, dict):
@@ -62,14 +70,14 @@ def _filter(flt: Any, col: str, params: list[Any], where: str, depth: int) -> st
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise FilterError(f"{here}: expected a non-empty list of filters")
-            subs = [_filter(v, col, params, f"{here}[{i}]", depth + 1) for i, v in enumerate(value)]
+            subs = [_filter(v, col, params, f"{here}[{i}]", depth + 1, indexed) for i, v in enumerate(value)]
             parts.append("(" + (" AND " if key == "$and" else " OR ").join(subs) + ")")
         elif key == "$not":
-            parts.append(f"NOT ({_filter(value, col, params, here, depth + 1)})")
+            parts.append(f"NOT ({_filter(value, col, params, here, depth + 1, indexed)})")
         elif key.startswith("$"):
             raise FilterError(f"{here}: unknown operator {key!r} (expected $and, $or, $not or a field)")
         else:
-            parts.append(_field(key, value, col, params, here))
+            parts.append(_field(key, value, col, params, here, key in indexed))
     return "(" + " AND ".join(parts) + ")"
 
 
@@ -83,23 +91,24 @@ def json_path(key: str, where: str = "filter") -> str:
     return "$" + "".join(f'."{p}"' for p in parts)
 
 
-def _field(key: str, spec: Any, col: str, params: list[Any], where: str) -> str:
+def _field(key: str, spec: Any, col: str, params: list[Any], where: str, use_index: bool) -> str:
     path = json_path(key, where)
+    compare = _indexed_compare(key) if use_index else _elementwise_at(col, path)
     if not (isinstance(spec, dict) and any(k.startswith("$") for k in spec if isinstance(k, str))):
-        return _eq(col, path, _scalar(spec, where), params)
+        return compare(_scalar(spec, where), "=", params)
     parts = []
     for op, operand in spec.items():
         here = f"{where}.{op}"
         if op not in OPERATORS:
             raise FilterError(f"{here}: unknown operator (expected one of {sorted(OPERATORS)})")
         if op == "$eq":
-            parts.append(_eq(col, path, _scalar(operand, here), params))
+            parts.append(compare(_scalar(operand, here), "=", params))
         elif op == "$ne":
-            parts.append(f"NOT {_eq(col, path, _scalar(operand, here), params)}")
+            parts.append(f"NOT {compare(_scalar(operand, here), '=', params)}")
         elif op in ("$in", "$nin"):
             if not isinstance(operand, list) or not operand:
                 raise FilterError(f"{here}: expected a non-empty list of values")
-            any_of = "(" + " OR ".join(_eq(col, path, _scalar(v, f"{here}[{i}]"), params)
+            any_of = "(" + " OR ".join(compare(_scalar(v, f"{here}[{i}]"), "=", params)
                                        for i, v in enumerate(operand)) + ")"
             parts.append(any_of if op == "$in" else f"NOT {any_of}")
         elif op == "$exists":
@@ -108,7 +117,9 @@ def _field(key: str, spec: Any, col: str, params: list[Any], where: str) -> str:
             params.append(path)
             parts.append(f"(json_type({col}, ?) IS {'NOT ' if operand else ''}NULL)")
         else:
-            parts.append(_compare(col, path, COMPARISONS[op], operand, params, here))
+            if isinstance(operand, bool) or not isinstance(operand, (str, numbers.Real)):
+                raise FilterError(f"{here}: expected a number or a string, got {type(operand).__name__}")
+            parts.append(compare(_scalar(operand, here), COMPARISONS[op], params))
     return "(" + " AND ".join(parts) + ")"
 
 
@@ -159,11 +170,20 @@ def _elementwise(col: str, path: str, value: Any, op: str, params: list[Any]) ->
             f"EXISTS (SELECT 1 FROM json_each({col}, ?) AS e WHERE {element})))")
 
 
-def _eq(col: str, path: str, value: Any, params: list[Any]) -> str:
-    return _elementwise(col, path, value, "=", params)
+def _elementwise_at(col: str, path: str):
+    """Comparison against the JSON in column ``col`` at ``path``."""
+    return lambda value, op, params: _elementwise(col, path, value, op, params)
 
 
-def _compare(col: str, path: str, op: str, value: Any, params: list[Any], where: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
-        raise FilterError(f"{where}: expected a number or a string, got {type(value).__name__}")
-    return _elementwise(col, path, _scalar(value, where), op, params)
+def _indexed_compare(field: str):
+    """Comparison through the payload index of ``field`` (same rows as ``_elementwise``)."""
+    def compare(value: Any, op: str, params: list[Any]) -> str:
+        types = _types_of(value)
+        sql = (f"(uid IN (SELECT uid FROM field_index WHERE field = ? AND type IN "
+               f"({', '.join('?' * len(types))})")
+        params += [field, *types]
+        if not (value is None or isinstance(value, bool)):
+            sql += f" AND value {op} ?"
+            params.append(value)
+        return sql + "))"
+    return compare

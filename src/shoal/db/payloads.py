@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.db.filters import compile_filter
+from shoal.db.filters import compile_filter, json_path
 from shoal.errors import InvalidArgumentError, InvalidTypeError
 
 Key = int | str
@@ -107,9 +107,47 @@ class PayloadStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS points "
                              "(uid INTEGER PRIMARY KEY, key UNIQUE NOT NULL, payload TEXT NOT NULL)")
+            # Payload indexes: one row per scalar value (array elements included) of each
+            # indexed field, kept in the same transactions as ``points``.
+            self._db.execute("CREATE TABLE IF NOT EXISTS indexed_fields (field TEXT PRIMARY KEY)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS field_index "
+                             "(field TEXT NOT NULL, type TEXT NOT NULL, value, uid INTEGER NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS field_index_value ON field_index (field, type, value)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS field_index_uid ON field_index (uid)")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        try:
+            self.indexed = frozenset(f for (f,) in self._db.execute("SELECT field FROM indexed_fields"))
+        except sqlite3.OperationalError:  # a read-only store from before payload indexes
+            self.indexed = frozenset()
+
+    def create_index(self, field: str) -> None:
+        """Index the payload values at dotted path ``field`` (filters on it then read the
+        index instead of every payload). Idempotent."""
+        if not isinstance(field, str):
+            raise InvalidTypeError(f"field must be a string, got {type(field).__name__}")
+        json_path(field, "field")
+        if field in self.indexed:
+            return
+        with self._transaction():
+            self._db.execute("INSERT INTO indexed_fields VALUES (?)", (field,))
+            self._index_rows([field], None)
+        self.indexed = self.indexed | {field}
+
+    def _index_rows(self, fields, uids: list[int] | None) -> None:
+        """Add the field_index rows of ``fields`` for ``uids`` (all points when None)."""
+        for field in fields:
+            path = json_path(field, "field")
+            only, extra = ("", []) if uids is None else (f" AND uid IN ({','.join('?' * len(uids))})", list(uids))
+            self._db.execute(
+                "INSERT INTO field_index SELECT ?, json_type(payload, ?), json_extract(payload, ?), uid "
+                f"FROM points WHERE json_type(payload, ?) NOT IN ('array', 'object'){only}",
+                [field, path, path, path, *extra])
+            self._db.execute(
+                "INSERT INTO field_index SELECT ?, e.type, e.value, uid FROM points, json_each(points.payload, ?) AS e "
+                f"WHERE json_type(payload, ?) = 'array' AND e.type NOT IN ('array', 'object'){only}",
+                [field, path, path, *extra])
 
     def _reader(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -147,9 +185,15 @@ class PayloadStore:
         (-1 where the key was new). A uid already stored (a replay) is left as it is."""
         old = self.uids_of(keys, for_write=True)
         rows = [(int(u), k, p) for k, u, p, o in zip(keys, uids, payloads, old) if o != u]
+        gone = [(int(o),) for o, u in zip(old, uids) if o >= 0 and o != u]
         with self._transaction():
             self._db.executemany("DELETE FROM points WHERE key = ?", [(r[1],) for r in rows])
             self._db.executemany("INSERT INTO points (uid, key, payload) VALUES (?, ?, ?)", rows)
+            if self.indexed:
+                self._db.executemany("DELETE FROM field_index WHERE uid = ?", gone)
+                new = [r[0] for r in rows]
+                for lo in range(0, len(new), _CHUNK):
+                    self._index_rows(sorted(self.indexed), new[lo:lo + _CHUNK])
         return np.where(old == uids, -1, old)
 
     def delete(self, keys: list[Key]) -> np.ndarray:
@@ -169,6 +213,8 @@ class PayloadStore:
         """Remove the points with these uids (absent ones are skipped)."""
         with self._transaction():
             self._db.executemany("DELETE FROM points WHERE uid = ?", [(int(u),) for u in uids])
+            if self.indexed:
+                self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(int(u),) for u in uids])
 
     def get(self, keys: list[Key]) -> list[tuple[int, dict] | None]:
         """(uid, payload) of each key, None where absent."""
@@ -203,7 +249,7 @@ class PayloadStore:
         if flt is None:
             rows = con.execute("SELECT uid FROM points ORDER BY uid")
         else:
-            sql, params = compile_filter(flt)
+            sql, params = compile_filter(flt, indexed=self.indexed)
             rows = con.execute(f"SELECT uid FROM points WHERE {sql} ORDER BY uid", params)
         return np.fromiter((u for (u,) in rows), np.int64)
 
@@ -211,7 +257,7 @@ class PayloadStore:
         con = self._reader()
         if flt is None:
             return con.execute("SELECT count(*) FROM points").fetchone()[0]
-        sql, params = compile_filter(flt)
+        sql, params = compile_filter(flt, indexed=self.indexed)
         return con.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
 
     def checkpoint(self) -> None:
