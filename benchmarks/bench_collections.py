@@ -2,7 +2,7 @@
 
 Protocol (issue 4), each figure a ratio to a peer measured in the same run:
 - ingest: upsert all base vectors with their payloads in batches of 1,000, durable (fsync per
-  batch), to a searchable state; against hnswlib ``add_items`` (M=16, ef_construction=64,
+  batch), with payload indexes on ``pos`` and ``lexname``, to a searchable state; against hnswlib ``add_items`` (M=16, ef_construction=64,
   2 threads, all vectors in one call);
 - search over the collection as ingest left it and after ``compact()``: recall@10 and QPS
   (1 thread, the queries as one batch) against a single ``shoal.Index`` over the same data;
@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     try:
         db = shoal.open(tmp)
         col = db.create_collection("wordnet", dim=ds.base.shape[1], metric="cosine")
+        for field in ("pos", "lexname"):  # the fields the filters below use, as a user would
+            col.create_payload_index(field)
         t = time.perf_counter()
         for lo in range(0, n, 1000):
             col.upsert(list(range(lo, min(lo + 1000, n))), ds.base[lo:lo + 1000], payloads[lo:lo + 1000])
