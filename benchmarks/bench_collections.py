@@ -2,8 +2,9 @@
 
 Protocol (issue 4), each figure a ratio to a peer measured in the same run:
 - ingest: upsert all base vectors with their payloads in batches of 1,000, durable (fsync per
-  batch), with payload indexes on ``pos`` and ``lexname``, to a searchable state; against hnswlib ``add_items`` (M=16, ef_construction=64,
-  2 threads, all vectors in one call);
+  batch), with payload indexes on ``pos`` and ``lexname``, to a searchable state; against hnswlib
+  ``add_items`` (M=16, ef_construction=64, 2 threads, all vectors in one call) and chromadb
+  (the same batches and payloads, a persistent client);
 - search over the collection as ingest left it and after ``compact()``: recall@10 and QPS
   (1 thread, the queries as one batch) against a single ``shoal.Index`` over the same data;
 - filtered search on the payloads (part of speech, lexicographer files) at about 50%, 10%,
@@ -57,6 +58,27 @@ def filters_by_selectivity(payloads: list[dict]) -> list[tuple[str, dict, np.nda
     return out
 
 
+def chroma_ingest(base: np.ndarray, payloads: list[dict]) -> float | None:
+    """chromadb's ingest rate for the same batches (a persistent client, telemetry off)."""
+    try:
+        import chromadb
+        from chromadb.config import Settings
+    except ImportError:
+        print("chromadb is not installed: no chromadb comparison")
+        return None
+    tmp = tempfile.mkdtemp()
+    try:
+        client = chromadb.PersistentClient(path=tmp, settings=Settings(anonymized_telemetry=False))
+        col = client.create_collection("wordnet", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+        t = time.perf_counter()
+        for lo in range(0, len(base), 1000):
+            hi = min(lo + 1000, len(base))
+            col.add(ids=[str(i) for i in range(lo, hi)], embeddings=base[lo:hi], metadatas=payloads[lo:hi])
+        return len(base) / (time.perf_counter() - t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=str(FULL))
@@ -88,10 +110,13 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         ref.add_items(ds.base)
         hn = n / (time.perf_counter() - t)
+        chroma = chroma_ingest(ds.base, payloads)
         results["ingest"] = {"shoal_vec_per_s": ingest, "hnswlib_vec_per_s": hn, "ratio": ingest / hn,
-                             "state_after": col.stats()}
+                             "chromadb_vec_per_s": chroma, "state_after": col.stats()}
         lines += [f"Ingest (durable, batches of 1,000, with payloads): {ingest:,.0f} vec/s = "
-                  f"{ingest / hn:.2f}x hnswlib add_items ({hn:,.0f} vec/s) in the same run.", ""]
+                  f"{ingest / hn:.2f}x hnswlib add_items ({hn:,.0f} vec/s)"
+                  + (f" and {ingest / chroma:.2f}x chromadb ({chroma:,.0f} vec/s, same batches and payloads)"
+                     if chroma else "") + " in the same run.", ""]
 
         index = shoal.Index(ds.base.shape[1])
         index.add(ds.base)
