@@ -103,6 +103,15 @@ def ids(data: object, n: int, name: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def k_and_ef(k: object, ef: object, default_ef: int) -> tuple[int, int]:
+    """``k`` >= 1 and a search beam ``ef`` >= k (``None``: ``max(k, default_ef)``)."""
+    k = positive_int(k, "k")
+    ef = max(k, default_ef) if ef is None else positive_int(ef, "ef")
+    if ef < k:
+        raise InvalidArgumentError(f"ef must be >= k ({k}), got {ef}")
+    return k, ef
+
+
 def num_threads(value: object, available: int) -> int:
     """A thread count in [1, available]; None means all."""
     if value is None:

@@ -390,10 +390,7 @@ class Index:
         distances : float32, same shape; +inf pads (see the module docstring for conventions)
         """
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
-        k = _validate.positive_int(k, "k")
-        ef = max(k, DEFAULT_EF) if ef is None else _validate.positive_int(ef, "ef")
-        if ef < k:
-            raise InvalidArgumentError(f"ef must be >= k ({k}), got {ef}")
+        k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
         one = np.ndim(queries) == 1
         q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
         if allowed is None:

@@ -36,7 +36,7 @@ from shoal import _validate
 from shoal.db.payloads import Key, PayloadStore, check_keys, encode_payloads
 from shoal.errors import CorruptIndexError, InvalidArgumentError, ReadOnlyError
 from shoal.exact import exact_top_k
-from shoal.index import Index
+from shoal.index import DEFAULT_EF, Index
 from shoal.storage.wal import WriteAheadLog, fsync_directory
 
 FORMAT = 1
@@ -353,10 +353,7 @@ class Collection:
                num_threads: int | None = None) -> list[Hit] | list[list[Hit]]:
         """The ``k`` nearest points of one query (a list of ``Hit``) or of each query of a
         batch (a list of lists), among the points matching ``filter``."""
-        k = _validate.positive_int(k, "k")
-        ef = max(k, 40) if ef is None else _validate.positive_int(ef, "ef")
-        if ef < k:
-            raise InvalidArgumentError(f"ef must be >= k ({k}), got {ef}")
+        k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
         one = np.ndim(queries) == 1
         q = _validate.vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         allowed = None if filter is None else self._store.uids_where(filter)

@@ -203,12 +203,6 @@ class PayloadStore:
         self.delete_uids(uids)
         return uids
 
-    def delete_where(self, flt: dict) -> np.ndarray:
-        """Remove the points matching a filter; returns their uids."""
-        uids = self.uids_where(flt, for_write=True)
-        self.delete_uids(uids)
-        return uids
-
     def delete_uids(self, uids: np.ndarray) -> None:
         """Remove the points with these uids (absent ones are skipped)."""
         with self._transaction():
@@ -264,11 +258,6 @@ class PayloadStore:
         """Write SQLite's own log into the database file and sync it, so that the state so far
         survives without the collection's write-ahead log."""
         self._db.execute("PRAGMA wal_checkpoint(FULL)")
-
-    def max_uid(self) -> int:
-        """The largest uid stored (-1 when empty)."""
-        value = self._db.execute("SELECT max(uid) FROM points").fetchone()[0]
-        return -1 if value is None else value
 
     def _transaction(self):
         return _Transaction(self._db)
