@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shoal import _blas
 from shoal.kernels.distance import L2, pair_distances
 
 
@@ -21,7 +22,8 @@ def exact_top_k(queries: np.ndarray, rows: np.ndarray, k: int, metric: int) -> t
     take = min(k, n)
     step = max(1, (1 << 24) // n)  # about 64 MB of scores at a time
     for lo in range(0, nq, step):
-        scores = queries[lo:lo + step] @ rows.T  # larger is closer (ip) ...
+        with _blas.single_thread():
+            scores = queries[lo:lo + step] @ rows.T  # larger is closer (ip) ...
         if sq is not None:
             scores = 2 * scores - sq  # ... and for l2, -(|r|^2 - 2 q.r) orders alike
         if take < n:

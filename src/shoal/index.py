@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
-from shoal import _validate
+from shoal import _blas, _validate
 from shoal.errors import DuplicateIdError, IdNotFoundError, InvalidArgumentError
 from shoal.kernels.build import (
     link_batch,
     mark_reachable,
     merge_reverse,
     reverse_keys,
+    unlinked_nodes,
     unreachable_nodes,
 )
 from shoal.exact import exact_top_k
 from shoal.kernels.distance import distances_to_rows
-from shoal.kernels.quantize import int8_codes
+from shoal.kernels.quantize import code_params, int8_codes, max_abs_deviation, quantize_rows
 from shoal.kernels.search import search_batch
 
 MAX_LEVEL = 31
@@ -56,7 +57,38 @@ CODES_MIN_DIM = 32
 #: vectors that scans sets up to about 37% of the index; on 10M, up to about 4%.
 EXACT_COST = 1.0
 GRAPH_COST = 250.0
+#: ``add(repair=False)`` still runs the full reachability pass while the index holds at most
+#: this many times the rows added (the pass then costs little next to the insertion).
+FULL_REPAIR_RATIO = 20
+#: When an add spans at most PEER_SPAN batches, its rows cannot be spread out by the random
+#: order, and each new node is also offered its PEERS nearest nodes of the same batch, found
+#: by BLAS in runs of PEER_BLOCK consecutive rows (a user's batch of related rows).
+PEER_SPAN = 4
+PEERS = 16
+PEER_BLOCK = 512
 _NO_FILTER = np.zeros(0, np.uint8)
+_NO_PEERS = np.zeros((0, 0), np.int32)
+
+
+class GraphView(NamedTuple):
+    """A searchable state of a growing ``Index``: its arrays and counts at one moment.
+
+    The writer only appends rows past ``count``, rewrites link rows in place, and moves to
+    new arrays when it grows, so a search over a view stays valid while the index grows:
+    it skips links to nodes at or past ``count``, and a link row it reads while the writer
+    rewrites it holds valid nodes, old or new (the search may take a slightly different
+    path, never a wrong one)."""
+
+    vectors: np.ndarray
+    ids: np.ndarray
+    links0: np.ndarray
+    deg0: np.ndarray
+    links_up: np.ndarray
+    deg_up: np.ndarray
+    up_offset: np.ndarray
+    entry: int
+    top_level: int
+    count: int
 
 
 class Index:
@@ -98,6 +130,11 @@ class Index:
         self._sorted_nodes = np.empty(0, np.int32)
         self._scratch: list[tuple[np.ndarray, np.ndarray]] = []
         self.last_add_stats: dict[str, Any] = {}
+        #: Keep the int8 construction codes between adds (25% more memory) instead of coding
+        #: the index for each large batch: for an index that grows by many small batches.
+        self.keep_codes = False
+        self._codes: np.ndarray | None = None
+        self._code_params: tuple[np.ndarray, np.float32] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -147,17 +184,24 @@ class Index:
         self._deg_up = np.zeros(pool, np.int32)
 
     @staticmethod
-    def _grown(arr: np.ndarray, rows: int, fill: int) -> np.ndarray:
-        out = np.full((rows,) + arr.shape[1:], fill, arr.dtype)
+    def _grown(arr: np.ndarray, rows: int, fill: int | None) -> np.ndarray:
+        """``arr`` copied into ``rows`` rows; the new rows hold ``fill`` (None: left unwritten,
+        so their pages stay unmapped until used)."""
+        out = np.empty((rows,) + arr.shape[1:], arr.dtype)
         out[: arr.shape[0]] = arr
+        if fill is not None:
+            out[arr.shape[0]:] = fill
         return out
 
     def _reserve(self, count: int, pool: int) -> None:
-        """Make room for ``count`` nodes and ``pool`` upper-level rows (geometric growth)."""
+        """Make room for ``count`` nodes and ``pool`` upper-level rows (capacity doubles).
+
+        Growth copies into new arrays and never writes the old ones again, so a reader
+        holding a ``GraphView`` of the old arrays keeps a consistent graph."""
         cap = self._vectors.shape[0]
         if count > cap:
-            new = count if cap == 0 else max(count, cap + cap // 2)
-            self._vectors = self._grown(self._vectors, new, 0)
+            new = max(count, 2 * cap, 64)
+            self._vectors = self._grown(self._vectors, new, None)
             self._ids = self._grown(self._ids, new, 0)
             self._levels = self._grown(self._levels, new, 0)
             self._links0 = self._grown(self._links0, new, -1)
@@ -166,16 +210,17 @@ class Index:
             self._scratch = []
         if pool > self._links_up.shape[0]:
             cap = self._links_up.shape[0]
-            new = max(pool, cap + cap // 2, 16)
+            new = max(pool, 2 * cap, 16)
             self._links_up = self._grown(self._links_up, new, -1)
             self._deg_up = self._grown(self._deg_up, new, 0)
 
-    def _take_scratch(self, chunks: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-worker visited tags (chunks, capacity) uint16; reused across calls, never shared."""
-        cap = self._vectors.shape[0]
+    def _take_scratch(self, chunks: int, nodes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-worker visited tags (chunks, >= nodes) uint16, taken from a pool (list pop and
+        append are atomic, so searches in several threads never share one)."""
+        cap = max(self._vectors.shape[0], nodes or 0)
         try:
             visited, tags = self._scratch.pop()
-            if visited.shape == (chunks, cap):
+            if visited.shape[0] == chunks and cap <= visited.shape[1] <= 2 * cap:
                 return visited, tags
         except IndexError:
             pass
@@ -194,6 +239,13 @@ class Index:
     def _index_ids(self, start: int) -> None:
         """Merge the ids of nodes ``start .. count-1`` into the sorted lookup."""
         new_ids = self._ids[start:self._count]
+        if (len(self._sorted_ids) == 0 or new_ids[0] > self._sorted_ids[-1]) and \
+                (len(new_ids) < 2 or (new_ids[1:] > new_ids[:-1]).all()):
+            # ascending ids after all stored ones (collections' row ids): append
+            self._sorted_ids = np.concatenate([self._sorted_ids, new_ids])
+            self._sorted_nodes = np.concatenate([self._sorted_nodes,
+                                                 np.arange(start, self._count, dtype=np.int32)])
+            return
         all_ids = np.concatenate([self._sorted_ids, new_ids])
         all_nodes = np.concatenate([self._sorted_nodes,
                                     np.arange(start, self._count, dtype=np.int32)])
@@ -202,7 +254,8 @@ class Index:
         self._sorted_nodes = all_nodes[order]
 
     # ------------------------------------------------------------------ add
-    def add(self, vectors: Any, ids: Any = None, *, num_threads: int | None = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, *, num_threads: int | None = None,
+            repair: bool = True) -> np.ndarray:
         """Insert a batch of vectors; returns their ids (int64).
 
         Parameters
@@ -214,6 +267,12 @@ class Index:
             (``0 .. n-1`` for a new index).
         num_threads : int, optional
             Worker threads (default: all of numba's).
+        repair : bool
+            After linking, make every node reachable from the entry point again (pruning can
+            strand a few). This pass reads the whole graph; callers that add many small
+            batches to a large index may pass False: then only the new nodes are checked
+            (each gets an in-link if none of its neighbours links back to it), and
+            ``repair()`` runs the full pass later.
         """
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
         cosine = self._metric == "cosine"
@@ -256,7 +315,13 @@ class Index:
             evals = self._insert(start, stop, threads)
         finally:
             numba.set_num_threads(previous)
-        repaired = self._repair_reachability(threads)
+        if repair or stop <= FULL_REPAIR_RATIO * n:
+            repaired = self._repair_reachability(threads)
+        else:
+            stranded = unlinked_nodes(self._links0, self._deg0, start, stop)
+            reachable = np.ones(stop, bool)
+            reachable[stranded] = False
+            repaired = self._link_in(stranded, reachable, None, threads)
         self.last_add_stats = {
             "inserted": n,
             "distance_evaluations": evals,
@@ -291,19 +356,25 @@ class Index:
             self._top_level = int(self._levels[self._entry])
             pos = 1
         max_batch = max(MIN_BATCH, int(BATCH_FRACTION * stop))
+        with_peers = stop - start <= PEER_SPAN * max_batch
         visited, tags = self._take_scratch(threads)
         # Construction reads int8 codes (a quarter of the bytes) when the batch is large enough
         # to pay for coding the whole index; the codes are dropped when the add returns.
-        big = (stop - start) * CODES_MIN_SHARE >= stop and self._dim >= CODES_MIN_DIM
-        rows = int8_codes(self._vectors[:stop], self._metric_code) if big else self._vectors
+        if self.keep_codes and self._dim >= CODES_MIN_DIM:
+            rows = self._kept_codes(start, stop)
+        elif (stop - start) * CODES_MIN_SHARE >= stop and self._dim >= CODES_MIN_DIM:
+            rows = int8_codes(self._vectors[:stop], self._metric_code)
+        else:
+            rows = self._vectors
         while pos < len(order):
             # Within a batch the order changes no result (all search the same graph); in storage
             # order, consecutive inserts tend to touch the same rows (the data's own locality).
             batch = np.sort(order[pos: pos + max(1, min(start + pos, max_batch))])
+            peers = self._batch_peers(batch) if with_peers and len(batch) > 1 else _NO_PEERS
             evals += int(link_batch(
                 rows, self._levels, self._links0, self._deg0, self._links_up,
                 self._deg_up, self._up_offset, batch, self._entry, self._top_level,
-                self._m, self._ef_construction, self._metric_code, visited, tags).sum())
+                self._m, self._ef_construction, self._metric_code, visited, tags, peers).sum())
             levels = self._levels[batch]
             top_new = int(levels.max())
             for level in range(min(top_new, self._top_level) + 1):
@@ -318,6 +389,55 @@ class Index:
         self._scratch.append((visited, tags))
         return evals
 
+    def repair(self, num_threads: int | None = None) -> int:
+        """Give every node that the entry point cannot reach an in-link (see ``add``);
+        returns the number of links written."""
+        return self._repair_reachability(
+            _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS))
+
+    def _kept_codes(self, start: int, stop: int) -> np.ndarray:
+        """Codes of rows ``:stop`` kept across adds: rows ``start:stop`` are coded with the
+        kept scale, unless they need a wider one (then every row is coded again, with room
+        to spare, so that this stays rare)."""
+        new = self._vectors[start:stop]
+        params = self._code_params
+        codes = self._codes
+        if params is not None and codes is not None and codes.shape[0] >= start:
+            center, scale = params
+            if float(max_abs_deviation(new, center)) * scale > 127.0:
+                params = None
+        else:
+            params = None
+        if params is None:
+            self._code_params = params = code_params(self._vectors[:stop], self._metric_code, 1.25)
+            codes = np.empty((self._vectors.shape[0], self._dim), np.int8)
+            codes[:stop] = quantize_rows(self._vectors[:stop], *params)
+        else:
+            if codes.shape[0] < stop:
+                codes = self._grown(codes, self._vectors.shape[0], None)
+            codes[start:stop] = quantize_rows(new, *params)
+        self._codes = codes
+        return codes[:stop]
+
+    def _batch_peers(self, batch: np.ndarray) -> np.ndarray:
+        """The ``PEERS`` nearest nodes of each node of ``batch`` (sorted) among the nodes of its
+        run of ``PEER_BLOCK`` consecutive batch entries; int32 (len(batch), PEERS), -1 padded."""
+        out = np.full((len(batch), PEERS), -1, np.int32)
+        for lo in range(0, len(batch), PEER_BLOCK):
+            nodes = batch[lo:lo + PEER_BLOCK]
+            if len(nodes) < 2:
+                continue
+            x = self._vectors[nodes]
+            with _blas.single_thread():
+                scores = x @ x.T
+            if self._metric == "l2":
+                scores = 2 * scores - (x * x).sum(axis=1)[None, :]
+            np.fill_diagonal(scores, -np.inf)
+            take = min(PEERS, len(nodes) - 1)
+            cols = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+            out[lo:lo + len(nodes), :take] = nodes[cols]
+        return out
+
     def _repair_reachability(self, threads: int) -> int:
         """Give every node that level 0 cannot reach from the entry an in-link from a reachable
         node (pruning can strand a node, and so can inner product, under which some vectors are
@@ -329,7 +449,6 @@ class Index:
         has another in-link is replaced instead.
         """
         written = 0
-        width = self._links0.shape[1]
         n = self._count
         for _ in range(REPAIR_PASSES):
             stranded = unreachable_nodes(self._links0, self._deg0, self._entry, n)
@@ -339,30 +458,51 @@ class Index:
             reachable[stranded] = False
             rows = self._links0[:n]
             indeg = np.bincount(rows[rows >= 0], minlength=n)
-            found, _ = self._search_nodes(self._vectors[stranded], min(32, n), 64, threads)
-            for u, hits in zip(stranded, found):
-                if reachable[u]:  # reached through a node linked earlier in this pass
-                    continue
-                own = self._links0[u, : self._deg0[u]]
-                d = distances_to_rows(self._vectors[u], self._vectors, own, self._metric_code)
-                cand = np.concatenate([own[np.argsort(d, kind="stable")], hits[hits >= 0]])
-                cand = cand[reachable[cand] & (cand != u)]
-                if cand.size == 0:
-                    cand = np.array([self._entry], np.int32)
-                room = cand[self._deg0[cand] < width]
-                if room.size:
-                    v = int(room[0])
-                    slot = int(self._deg0[v])
-                    self._deg0[v] += 1
-                else:
-                    v = int(cand[0])
+            written += self._link_in(stranded, reachable, indeg, threads)
+        return written
+
+    def _link_in(self, stranded: np.ndarray, reachable: np.ndarray, indeg: np.ndarray | None,
+                 threads: int) -> int:
+        """Link each node of ``stranded`` from the nearest node of ``reachable`` with a free
+        slot among its own out-neighbours and the nodes a search for it finds; should all be
+        full, a link whose target has another in-link (per ``indeg``; None: the last link) is
+        replaced. ``reachable`` is updated (through the links, when ``indeg`` is given).
+        Returns the number of links written."""
+        if stranded.size == 0:
+            return 0
+        width = self._links0.shape[1]
+        n = self._count
+        found, _ = self._search_nodes(self.view(), self._vectors[stranded], min(32, n), 64, threads)
+        written = 0
+        for u, hits in zip(stranded, found):
+            if reachable[u]:  # reached through a node linked earlier in this pass
+                continue
+            own = self._links0[u, : self._deg0[u]]
+            d = distances_to_rows(self._vectors[u], self._vectors, own, self._metric_code)
+            cand = np.concatenate([own[np.argsort(d, kind="stable")], hits[hits >= 0]])
+            cand = cand[reachable[cand] & (cand != u)]
+            if cand.size == 0:
+                cand = np.array([self._entry], np.int32)
+            room = cand[self._deg0[cand] < width]
+            if room.size:
+                v = int(room[0])
+                slot = int(self._deg0[v])
+                self._links0[v, slot] = u
+                self._deg0[v] += 1
+            else:
+                v = int(cand[0])
+                slot = width - 1
+                if indeg is not None:
                     spare = np.flatnonzero(indeg[self._links0[v]] >= 2)
                     slot = int(spare[-1]) if spare.size else width - 1
                     indeg[self._links0[v, slot]] -= 1
                 self._links0[v, slot] = u
+            written += 1
+            if indeg is not None:
                 indeg[u] += 1
                 mark_reachable(self._links0, self._deg0, reachable, u)
-                written += 1
+            else:
+                reachable[u] = True
         return written
 
     # ------------------------------------------------------------------ search
@@ -393,12 +533,13 @@ class Index:
         k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
         one = np.ndim(queries) == 1
         q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
+        g = self.view()
         if allowed is None:
-            nodes, dists = self._search_nodes(q, k, ef, threads)
+            nodes, dists = self._search_nodes(g, q, k, ef, threads)
         else:
             keys = _validate.ids(allowed, np.size(allowed), "allowed")
             found = self._lookup(keys)
-            nodes, dists = self._search_allowed(q, k, ef, threads, np.unique(found[found >= 0]))
+            nodes, dists = self._search_allowed(g, q, k, ef, threads, np.unique(found[found >= 0]))
         labels = np.full(nodes.shape, -1, np.int64)
         found = nodes >= 0
         labels[found] = self._ids[nodes[found]]
@@ -406,53 +547,62 @@ class Index:
             return labels[0], dists[0]
         return labels, dists
 
+    def view(self) -> "GraphView":
+        """The graph as it stands: arrays and counts a search can use while this index keeps
+        growing. Rows and links below ``count`` stay valid (see ``GraphView``)."""
+        return GraphView(self._vectors, self._ids, self._links0, self._deg0, self._links_up,
+                         self._deg_up, self._up_offset, self._entry, self._top_level, self._count)
+
     def search_masked(self, queries: np.ndarray, k: int, ef: int, num_threads: int | None,
-                      mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Search for prepared queries (C-contiguous float32, (nq, dim), unit length under
-        cosine) restricted to nodes whose ``mask`` (bool, one per node in insertion order) is
-        set; ``None`` means all. Returns ids and distances as ``search``. For callers that keep
-        their own per-node state (collections); inputs are trusted."""
+                      mask: np.ndarray | None, view: "GraphView | None" = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Search ``view`` (default: the index as it stands) for prepared queries (C-contiguous
+        float32, (nq, dim), unit length under cosine) restricted to nodes whose ``mask`` (bool,
+        one per node in insertion order) is set; ``None`` means all. Returns ids and distances
+        as ``search``. For callers that keep their own per-node state (collections); inputs
+        are trusted."""
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
+        g = self.view() if view is None else view
         ef = max(ef, k)
         if mask is None:
-            nodes, dists = self._search_nodes(queries, k, ef, threads)
+            nodes, dists = self._search_nodes(g, queries, k, ef, threads)
         else:
-            nodes, dists = self._search_allowed(queries, k, ef, threads,
-                                                np.flatnonzero(mask[: self._count]).astype(np.int32))
+            nodes, dists = self._search_allowed(g, queries, k, ef, threads,
+                                                np.flatnonzero(mask[: g.count]).astype(np.int32))
         labels = np.full(nodes.shape, -1, np.int64)
         found = nodes >= 0
-        labels[found] = self._ids[nodes[found]]
+        labels[found] = g.ids[nodes[found]]
         return labels, dists
 
-    def _search_allowed(self, q: np.ndarray, k: int, ef: int, threads: int, nodes: np.ndarray):
+    def _search_allowed(self, g: "GraphView", q: np.ndarray, k: int, ef: int, threads: int,
+                        nodes: np.ndarray):
         """Search restricted to ``nodes`` (sorted int32): exact scan or filtered graph search,
         whichever the cost estimate says is cheaper."""
-        if nodes.size * nodes.size * EXACT_COST <= GRAPH_COST * ef * self._count:
-            return self._exact_nodes(q, k, nodes)
-        mask = np.zeros(self._vectors.shape[0], np.uint8)
+        if nodes.size * nodes.size * EXACT_COST <= GRAPH_COST * ef * g.count:
+            return self._exact_nodes(g, q, k, nodes)
+        mask = np.zeros(g.count, np.uint8)
         mask[nodes] = 1
-        return self._search_nodes(q, k, ef, threads, mask)
+        return self._search_nodes(g, q, k, ef, threads, mask)
 
-    def _exact_nodes(self, q: np.ndarray, k: int, nodes: np.ndarray):
+    def _exact_nodes(self, g: "GraphView", q: np.ndarray, k: int, nodes: np.ndarray):
         """Exact k nearest among ``nodes`` (int32)."""
-        pos, dists = exact_top_k(q, self._vectors[nodes], k, self._metric_code)
+        pos, dists = exact_top_k(q, g.vectors[nodes], k, self._metric_code)
         out = np.where(pos >= 0, nodes[np.maximum(pos, 0)] if nodes.size else -1, -1)
         return out.astype(np.int32), dists
 
-    def _search_nodes(self, q: np.ndarray, k: int, ef: int, threads: int,
+    def _search_nodes(self, g: "GraphView", q: np.ndarray, k: int, ef: int, threads: int,
                       allowed: np.ndarray | None = None):
         nq = q.shape[0]
-        if self._count == 0 or nq == 0:
+        if g.count == 0 or nq == 0:
             return np.full((nq, k), -1, np.int32), np.full((nq, k), np.inf, np.float32)
         chunks = max(1, min(threads, nq))
-        visited, tags = self._take_scratch(chunks)
+        visited, tags = self._take_scratch(chunks, g.count)
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
             nodes, dists, evals = search_batch(
-                q, k, ef, self._vectors, self._links0, self._deg0, self._links_up,
-                self._deg_up, self._up_offset, self._entry, self._top_level, self._count,
-                self._metric_code, visited, tags,
+                q, k, ef, g.vectors, g.links0, g.deg0, g.links_up, g.deg_up, g.up_offset,
+                g.entry, g.top_level, g.count, self._metric_code, visited, tags,
                 _NO_FILTER if allowed is None else allowed)
         finally:
             numba.set_num_threads(previous)
@@ -487,7 +637,7 @@ class Index:
         nodes_at = np.cumsum(per_level[::-1])[::-1]
         arrays = [self._vectors, self._ids, self._levels, self._links0, self._deg0,
                   self._up_offset, self._links_up, self._deg_up, self._sorted_ids,
-                  self._sorted_nodes]
+                  self._sorted_nodes] + ([] if self._codes is None else [self._codes])
         upper = self._deg_up[: self._pool_count]
         return {
             "count": n,

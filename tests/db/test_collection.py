@@ -12,8 +12,8 @@ import shoal.db.collection as collection_module
 
 @pytest.fixture
 def small_segments(monkeypatch):
-    monkeypatch.setattr(collection_module, "SEGMENT_ROWS", 60)
-    monkeypatch.setattr(collection_module, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(collection_module, "SEAL_ROWS", 150)
+    monkeypatch.setattr(collection_module, "CHECKPOINT_MIN_ROWS", 60)
 
 
 def vectors(n, dim=8, seed=0):
@@ -48,7 +48,7 @@ def test_search_matches_brute_force_through_seals_and_deletes(tmp_path, small_se
         assert col.delete(ids=list(range(100, 150))) == 50
         for i in range(100, 150):
             model.pop(i)
-        assert col.stats()["sealed_segments"] >= 1
+        assert len(col.stats()["segments"]) >= 2
         assert col.count() == len(model)
         q = vectors(5, seed=3)
         for qi, hits in zip(q, col.search(q, k=10, ef=400)):
@@ -85,14 +85,14 @@ def test_reopen_recovers_sealed_segments_and_the_log(tmp_path, small_segments):
         col.delete(ids=[3, 4, 200])
         before = col.search(x[:4], k=5, ef=300)
         stats = col.stats()
-    assert stats["sealed_segments"] >= 1 and stats["mutable_rows"] > 0
+    assert len(stats["segments"]) >= 2 and stats["log_records"] > 0
     with shoal.open(tmp_path / "db") as db:
         col = db.get_collection("c")
         assert col.count() == 247 and col.get([3, 200]) == [None, None]
         after = col.search(x[:4], k=5, ef=300)
         assert [[h.id for h in r] for r in after] == [[h.id for h in r] for r in before]
         col.compact()
-        assert col.stats()["sealed_segments"] == 1 and col.stats()["deleted_rows"] == 0
+        assert len(col.stats()["segments"]) == 1 and col.stats()["deleted_rows"] == 0
         assert [[h.id for h in r] for r in col.search(x[:4], k=5, ef=300)] == [[h.id for h in r] for r in before]
     with shoal.open(tmp_path / "db") as db:
         assert db.get_collection("c").count() == 247

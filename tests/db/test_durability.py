@@ -24,7 +24,8 @@ def batch_vectors(b, dim=16):
 
 WRITER = r"""
 import sys, numpy as np, shoal, shoal.db.collection as c
-c.SEGMENT_ROWS = 120                      # seal often, so crashes also hit sealing
+c.SEAL_ROWS, c.CHECKPOINT_MIN_ROWS = 120, 50  # so that crashes also hit checkpoints, seals
+c.COMPACT_MIN_ROWS = 60                          # and automatic compactions
 path, start = sys.argv[1], int(sys.argv[2])
 db = shoal.open(path)
 col = db.get_collection("c") if "c" in db.list_collections() else db.create_collection("c", dim=16, metric="cosine")
@@ -99,12 +100,15 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
 class CollectionMachine(RuleBasedStateMachine):
     """Upsert / delete / compact / reopen / search against a plain dict model."""
 
+    SMALL = {"SEAL_ROWS": 12, "CHECKPOINT_MIN_ROWS": 5, "COMPACT_MIN_ROWS": 10}
+
     def __init__(self):
         super().__init__()
         import tempfile
 
-        self._saved = (collection_module.SEGMENT_ROWS, collection_module.MAX_SEGMENTS)
-        collection_module.SEGMENT_ROWS, collection_module.MAX_SEGMENTS = 12, 3
+        self._saved = {name: getattr(collection_module, name) for name in self.SMALL}
+        for name, value in self.SMALL.items():
+            setattr(collection_module, name, value)
         self.dir = tempfile.TemporaryDirectory()
         self.db = shoal.open(self.dir.name)
         self.col = self.db.create_collection("m", dim=4, metric="l2")
@@ -163,7 +167,8 @@ class CollectionMachine(RuleBasedStateMachine):
     def teardown(self):
         self.db.close()
         self.dir.cleanup()
-        collection_module.SEGMENT_ROWS, collection_module.MAX_SEGMENTS = self._saved
+        for name, value in self._saved.items():
+            setattr(collection_module, name, value)
 
 
 TestCollectionMachine = CollectionMachine.TestCase
@@ -172,7 +177,8 @@ TestCollectionMachine.settings = settings(max_examples=25, stateful_step_count=2
 
 def test_readers_see_whole_batches_while_a_writer_upserts_and_compacts(tmp_path, monkeypatch):
     """Each batch is 20 copies of one vector; a reader searching for it finds all 20 or none."""
-    monkeypatch.setattr(collection_module, "SEGMENT_ROWS", 100)
+    monkeypatch.setattr(collection_module, "SEAL_ROWS", 100)
+    monkeypatch.setattr(collection_module, "CHECKPOINT_MIN_ROWS", 50)
     db = shoal.open(tmp_path / "db")
     col = db.create_collection("c", dim=8, metric="l2")
     vecs = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32) * 10

@@ -65,7 +65,7 @@ def test_search_layer_on_complete_graph_is_exact():
     buf_n, buf_d = np.empty(n, np.int32), np.empty(n, np.float32)
     visited = np.zeros(n, np.uint16)
     size, evals = search_from(q, x, links, degs, np.full(n, -1, np.int32), 0, 0,
-                               distance(q, x[0], L2), ef, L2, visited, 1, beam_d, beam_n, beam_x,
+                               distance(q, x[0], L2), ef, L2, n, visited, 1, beam_d, beam_n, beam_x,
                                buf_n, buf_d)
     truth = np.argsort(((x - q) ** 2).sum(1))[:ef]
     assert size == ef and evals == n - 1

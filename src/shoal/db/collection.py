@@ -3,22 +3,29 @@
 On disk, a collection is a directory::
 
     config.json       name, dim, metric, m, ef_construction (format 1)
-    manifest.json     the live sealed segments, the log position they cover, the next uid
+    manifest.json     the segment files, which of them is active, the log position they
+                      cover, the next row id and segment number
     wal.log           write-ahead log of upserts and deletes since that position
-    payloads.sqlite   keys, uids and payloads (``shoal.db.payloads``)
-    seg-NNNNNN.shoal  sealed segments: ``shoal.Index`` files whose ids are uids
+    payloads.sqlite   keys, row ids and payloads (``shoal.db.payloads``)
+    seg-NNNNNN.shoal  segments: ``shoal.Index`` files whose ids are row ids
 
 A write is appended to the log and fsynced before it is applied and before the call returns
-(``durability="batch"`` leaves the fsync to ``flush()``/``close()``). New vectors go to the
-mutable segment, searched exactly; when it holds ``segment_rows`` rows it is sealed: its live
-rows become an HNSW index built by the parallel batch build, saved (temp, fsync, rename), the
-manifest is replaced to name it with the log position, and the log starts afresh. Deletes and
-replaced vectors are tombstones (a live mask per segment) until ``compact()`` rebuilds the
-segments without them. Opening replays the log past the manifest's position.
+(``durability="batch"`` leaves the fsync to ``flush()``/``close()``). New vectors are linked
+straight into the *active* segment, an HNSW graph that grows batch by batch (the parallel
+batch insertion of ``shoal.Index``); a search sees a write as soon as the call returns.
+A checkpoint saves the active segment (temp, fsync, rename), replaces the manifest to name
+it with the log position, and starts the log afresh; it runs when the log holds more than
+half the active segment's rows (at least ``CHECKPOINT_MIN_ROWS``, at most
+``CHECKPOINT_MAX_ROWS``: this bounds the replay after a crash) and on ``close()``. An
+active segment of ``SEAL_ROWS`` rows is sealed: it stays as it is and a new one starts.
+Deletes and replaced vectors are tombstones (a live mask per segment) that searches skip;
+``compact()``, or the automatic policy when a third of the rows are dead, rebuilds the
+segments into one without them. Opening replays the log past the manifest's position.
 
-Searches read an immutable snapshot of the segment list and masks: writers build a new
-snapshot and publish it with one assignment, so readers in other threads never block and
-never see half of a batch.
+Searches read an immutable snapshot of the segment list, graph views and masks: the writer
+builds a new snapshot and publishes it with one assignment, so readers in other threads
+never block and never see half of a batch (``shoal.index.GraphView`` says why reading a
+graph that is being grown is safe).
 """
 
 from __future__ import annotations
@@ -35,15 +42,20 @@ import numpy as np
 from shoal import _validate
 from shoal.db.payloads import Key, PayloadStore, check_keys, encode_payloads
 from shoal.errors import CorruptIndexError, InvalidArgumentError, ReadOnlyError
-from shoal.exact import exact_top_k
-from shoal.index import DEFAULT_EF, Index
+from shoal.index import DEFAULT_EF, GraphView, Index
 from shoal.storage.wal import WriteAheadLog, fsync_directory
 
-FORMAT = 1
+FORMAT = 2
 UPSERT = 1
 DELETE = 2
-SEGMENT_ROWS = 50_000
-MAX_SEGMENTS = 8
+#: The active segment is sealed (and a new one started) at this many rows.
+SEAL_ROWS = 1_000_000
+CHECKPOINT_MIN_ROWS = 20_000
+CHECKPOINT_MAX_ROWS = 200_000
+#: Compact automatically when this share of the rows are deleted or replaced ...
+COMPACT_DEAD_SHARE = 1 / 3
+#: ... and there are at least this many rows.
+COMPACT_MIN_ROWS = 10_000
 
 
 class Hit(NamedTuple):
@@ -64,19 +76,21 @@ class Hit(NamedTuple):
 
 @dataclass(frozen=True)
 class _Segment:
-    file: str
+    file: str | None   # the file holding it as of the last checkpoint (None: not saved yet)
     index: Index
-    uids: np.ndarray   # int64 by node, ascending
-    live: np.ndarray   # bool by node; replaced, never written, once published
+    view: GraphView    # the graph as of this snapshot; node i has the i-th smallest row id
+    live: np.ndarray   # bool, at least view.count; replaced, never written, below count
+    dead: int          # nodes below count that are not live
+
+    @property
+    def uids(self) -> np.ndarray:
+        """Row ids by node (ascending)."""
+        return self.view.ids[: self.view.count]
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    sealed: tuple[_Segment, ...]
-    vectors: np.ndarray  # mutable segment rows (capacity, dim); rows < count are immutable
-    uids: np.ndarray     # int64 (capacity,), ascending below count
-    live: np.ndarray     # bool (capacity,); replaced on delete
-    count: int
+    segments: tuple[_Segment, ...]   # sealed ones, then the active one (if any)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -117,13 +131,14 @@ class Collection:
                 self.config = json.load(f)
             with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
                 manifest = json.load(f)
+            if manifest.get("format") != FORMAT:
+                raise ValueError(f"manifest format {manifest.get('format')!r}, expected {FORMAT}")
         except (OSError, ValueError) as exc:
             raise CorruptIndexError(f"{path}: collection files are missing or damaged ({exc})") from None
         self.name = self.config["name"]
         self.dim = int(self.config["dim"])
         self.metric = self.config["metric"]
         self._index_metric = "ip" if self.metric == "cosine" else self.metric
-        self._metric_code = _validate.metric_code(self._index_metric)
         self._write_lock = threading.Lock()
         self._checkpoint = int(manifest["checkpoint_seq"])
         self._next_uid = int(manifest["next_uid"])
@@ -133,15 +148,34 @@ class Collection:
                                   read_only=read_only)
         if self._wal.first_seq > self._checkpoint + 1:
             raise CorruptIndexError(f"{path}: the log starts after the manifest's position")
-        sealed = []
+        segments = []
         for name in manifest["segments"]:
             index = Index.load(os.path.join(path, name))
-            sealed.append(_Segment(name, index, index.ids, np.ones(len(index), bool)))
+            segments.append(self._segment(name, index, None))
+        self._active: Index | None = None
+        if manifest.get("active") is not None:
+            if not segments or segments[-1].file != manifest["active"]:
+                raise CorruptIndexError(f"{path}: the manifest's active segment is not its last")
+            self._active = segments[-1].index
+            self._active.keep_codes = True
         if not read_only:
-            self._remove_orphans({s.file for s in sealed})
-        empty = np.zeros((0, self.dim), np.float32)
-        self._snap = _Snapshot(tuple(sealed), empty, np.zeros(0, np.int64), np.zeros(0, bool), 0)
+            self._remove_orphans({s.file for s in segments})
+        self._snap = _Snapshot(tuple(segments))
+        self._logged_rows = 0
         self._replay()
+
+    @staticmethod
+    def _segment(file: str | None, index: Index, live: np.ndarray | None) -> _Segment:
+        view = index.view()
+        if live is None:
+            live = np.ones(view.count, bool)
+        return _Segment(file, index, view, live, int(view.count - live[: view.count].sum()))
+
+    def _new_index(self) -> Index:
+        index = Index(self.dim, self._index_metric, m=self.config["m"],
+                      ef_construction=self.config["ef_construction"], seed=self._next_segment)
+        index.keep_codes = True  # it grows by many small batches: keep its construction codes
+        return index
 
     # ------------------------------------------------------------------ recovery
     def _remove_orphans(self, keep: set[str]) -> None:
@@ -156,16 +190,16 @@ class Collection:
                 uids, keys, payloads, x = _decode_upsert(rec.payload, self.dim)
                 if not self.read_only:
                     self._store.upsert(keys, uids, payloads)
-                self._append_rows(uids, x)
+                self._insert(uids, x)
                 self._next_uid = max(self._next_uid, int(uids.max()) + 1)
             elif rec.kind == DELETE and not self.read_only:
                 self._store.delete_uids(np.frombuffer(rec.payload, "<i8"))
         live = self._store.uids_where(for_write=not self.read_only)
-        snap = self._snap
-        sealed = tuple(replace(s, live=np.isin(s.uids, live)) for s in snap.sealed)
-        mlive = np.zeros(snap.uids.shape[0], bool)
-        mlive[: snap.count] = np.isin(snap.uids[: snap.count], live)
-        self._snap = replace(snap, sealed=sealed, live=mlive)
+        segments = []
+        for seg in self._snap.segments:
+            mask = np.isin(seg.uids, live)
+            segments.append(replace(seg, live=mask, dead=int(mask.size - mask.sum())))
+        self._snap = _Snapshot(tuple(segments))
 
     # ------------------------------------------------------------------ writes
     def _check_writable(self) -> None:
@@ -190,10 +224,9 @@ class Collection:
             self._wal.append(UPSERT, _encode_upsert(uids, keys, texts, x), sync=self._sync)
             self._next_uid += len(keys)
             replaced = self._store.upsert(keys, uids, texts)
-            self._append_rows(uids, x)
+            self._insert(uids, x)
             self._kill(replaced[replaced >= 0])
-            if self._snap.count >= SEGMENT_ROWS:
-                self._seal()
+            self._maintain()
 
     def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
         """Delete points by ids or by filter (exactly one); returns how many were deleted."""
@@ -211,76 +244,100 @@ class Collection:
             self._wal.append(DELETE, uids.astype("<i8").tobytes(), sync=self._sync)
             self._store.delete_uids(uids)
             self._kill(uids)
+            self._maintain()
         return int(uids.size)
 
-    def _append_rows(self, uids: np.ndarray, x: np.ndarray) -> None:
-        snap = self._snap
-        need = snap.count + len(uids)
-        vectors, all_uids, live = snap.vectors, snap.uids, snap.live
-        if need > vectors.shape[0]:  # grow into new arrays; old snapshots keep the old ones
-            cap = max(need, 2 * vectors.shape[0], 1024)
-            vectors = np.zeros((cap, self.dim), np.float32)
-            vectors[: snap.count] = snap.vectors[: snap.count]
-            all_uids = np.zeros(cap, np.int64)
-            all_uids[: snap.count] = snap.uids[: snap.count]
-            live = np.zeros(cap, bool)
-            live[: snap.count] = snap.live[: snap.count]
-        vectors[snap.count:need] = x  # rows past count: no reader looks there
-        all_uids[snap.count:need] = uids
-        live[snap.count:need] = True
-        self._snap = replace(snap, vectors=vectors, uids=all_uids, live=live, count=need)
+    def _insert(self, uids: np.ndarray, x: np.ndarray) -> None:
+        """Link rows into the active segment (started if there is none) and publish them."""
+        segments = list(self._snap.segments)
+        if self._active is None:
+            self._active = self._new_index()
+            old = None
+        else:
+            old = segments.pop()
+        self._active.add(x, ids=uids, repair=False)
+        self._logged_rows += len(uids)
+        view = self._active.view()
+        if old is not None and old.live.shape[0] >= view.count:
+            live = old.live  # rows past the old count: no reader looks there
+        else:
+            live = np.zeros(max(view.vectors.shape[0], view.count), bool)
+            if old is not None:
+                live[: old.view.count] = old.live[: old.view.count]
+        live[view.count - len(uids): view.count] = True
+        file = None if old is None else old.file
+        segments.append(_Segment(file, self._active, view, live, 0 if old is None else old.dead))
+        self._snap = _Snapshot(tuple(segments))
 
     def _kill(self, uids: np.ndarray) -> None:
         """Mark ``uids`` deleted in every segment (copy-on-write masks)."""
         if uids.size == 0:
             return
         uids = np.sort(uids)
-        snap = self._snap
-        sealed = []
-        for seg in snap.sealed:
+        segments = []
+        for seg in self._snap.segments:
             hit = np.isin(seg.uids, uids, assume_unique=True)
-            sealed.append(replace(seg, live=seg.live & ~hit) if hit.any() else seg)
-        live = snap.live.copy()
-        live[: snap.count] &= ~np.isin(snap.uids[: snap.count], uids, assume_unique=True)
-        self._snap = replace(snap, sealed=tuple(sealed), live=live)
+            if hit.any():
+                live = seg.live.copy()
+                fresh = hit & live[: hit.size]
+                live[: hit.size] &= ~hit
+                seg = replace(seg, live=live, dead=seg.dead + int(fresh.sum()))
+            segments.append(seg)
+        self._snap = _Snapshot(tuple(segments))
 
-    def _build_segment(self, vectors: np.ndarray, uids: np.ndarray) -> _Segment:
-        index = Index(self.dim, self._index_metric, m=self.config["m"],
-                      ef_construction=self.config["ef_construction"], seed=self._next_segment)
-        index.add(vectors, ids=uids)
-        name = f"seg-{self._next_segment:06d}.shoal"
-        self._next_segment += 1
-        index.save(os.path.join(self.path, name))
-        return _Segment(name, index, index.ids, np.ones(len(index), bool))
-
-    def _seal(self) -> None:
-        """Turn the mutable segment's live rows into a sealed HNSW segment (writer lock held)."""
-        snap = self._snap
-        rows = np.flatnonzero(snap.live[: snap.count])
-        sealed = list(snap.sealed)
-        if rows.size:
-            sealed.append(self._build_segment(snap.vectors[rows], snap.uids[rows]))
-        self._publish(sealed)
-        if len(sealed) > MAX_SEGMENTS:
+    def _maintain(self) -> None:
+        """The automatic policies, after a write (writer lock held): compact when a third of
+        the rows are dead, checkpoint when the log is long, seal a full active segment."""
+        segments = self._snap.segments
+        rows = sum(s.view.count for s in segments)
+        dead = sum(s.dead for s in segments)
+        if rows >= COMPACT_MIN_ROWS and dead >= COMPACT_DEAD_SHARE * rows:
             self._compact_locked()
+            return
+        active = 0 if self._active is None else len(self._active)
+        due = min(max(CHECKPOINT_MIN_ROWS, active // 2), CHECKPOINT_MAX_ROWS)
+        if self._logged_rows >= due or active >= SEAL_ROWS:
+            self._checkpoint_locked(seal=active >= SEAL_ROWS)
 
-    def _publish(self, sealed: list[_Segment]) -> None:
-        """Make ``sealed`` (with an empty mutable segment) durable and current, then restart the
-        log: segment files first, then the payload store, the manifest, and the log."""
+    def _checkpoint_locked(self, seal: bool = False) -> None:
+        """Save the active segment if it changed, then make the segment list durable and
+        current and restart the log: segment file, payload store, manifest, log. With
+        ``seal`` the active segment stays as it is and the next write starts a new one."""
+        segments = list(self._snap.segments)
+        replaced = set()
+        if self._active is not None and (segments[-1].file is None or self._logged_rows):
+            self._active.repair()
+            name = f"seg-{self._next_segment:06d}.shoal"
+            self._next_segment += 1
+            self._active.save(os.path.join(self.path, name))
+            old = segments.pop()
+            if old.file is not None:
+                replaced.add(old.file)
+            # the repair may have written links: take a fresh view
+            segments.append(replace(old, file=name, view=self._active.view()))
         self._store.checkpoint()
         seq = self._wal.last_seq
+        active = None if self._active is None or seal else segments[-1].file
         write_json(os.path.join(self.path, "manifest.json"), {
-            "format": FORMAT, "segments": [s.file for s in sealed], "checkpoint_seq": seq,
-            "next_uid": self._next_uid, "next_segment": self._next_segment})
+            "format": FORMAT, "segments": [s.file for s in segments], "active": active,
+            "checkpoint_seq": seq, "next_uid": self._next_uid, "next_segment": self._next_segment})
         self._checkpoint = seq
         self._wal.close()
         os.unlink(self._wal.path)
         self._wal = WriteAheadLog(self._wal.path, first_seq=seq + 1)
-        empty = np.zeros((0, self.dim), np.float32)
-        old = {s.file for s in self._snap.sealed} - {s.file for s in sealed}
-        self._snap = _Snapshot(tuple(sealed), empty, np.zeros(0, np.int64), np.zeros(0, bool), 0)
-        for name in old:
+        self._logged_rows = 0
+        before = {s.file for s in self._snap.segments}
+        self._snap = _Snapshot(tuple(segments))
+        if seal:
+            self._active = None
+        for name in (before | replaced) - {s.file for s in segments} - {None}:
             os.unlink(os.path.join(self.path, name))
+
+    def checkpoint(self) -> None:
+        """Save the active segment and restart the log now (``close()`` does it too)."""
+        self._check_writable()
+        with self._write_lock:
+            self._checkpoint_locked()
 
     def create_payload_index(self, field: str) -> None:
         """Index the payload values at dotted path ``field``: filters on it then read a B-tree
@@ -290,22 +347,36 @@ class Collection:
             self._store.create_index(field)
 
     def compact(self) -> None:
-        """Rebuild all segments, mutable included, into one without deleted rows."""
+        """Rebuild all segments into one without deleted or replaced rows (it becomes the
+        active segment, or is sealed if it is full)."""
         self._check_writable()
         with self._write_lock:
             self._compact_locked()
 
     def _compact_locked(self) -> None:
-        snap = self._snap
-        parts_x = [s.index.get(s.uids[s.live]) for s in snap.sealed]
-        parts_u = [s.uids[s.live] for s in snap.sealed]
-        rows = np.flatnonzero(snap.live[: snap.count])
-        parts_x.append(snap.vectors[rows])
-        parts_u.append(snap.uids[rows])
-        uids = np.concatenate(parts_u)
+        segments = self._snap.segments
+        parts_x, parts_u = [], []
+        for seg in segments:
+            nodes = np.flatnonzero(seg.live[: seg.view.count])
+            parts_x.append(seg.view.vectors[nodes])
+            parts_u.append(seg.uids[nodes])
+        uids = np.concatenate(parts_u) if parts_u else np.zeros(0, np.int64)
         order = np.argsort(uids, kind="stable")
-        sealed = [self._build_segment(np.concatenate(parts_x)[order], uids[order])] if uids.size else []
-        self._publish(sealed)
+        self._active = None
+        if uids.size:
+            index = self._new_index()
+            index.add(np.concatenate(parts_x)[order], ids=uids[order])
+            self._active = index
+            new = (self._segment(None, index, None),)
+        else:
+            new = ()
+        self._snap = _Snapshot(new)
+        self._checkpoint_locked(seal=uids.size >= SEAL_ROWS)
+        # the old files are no longer named by the manifest
+        keep = {s.file for s in self._snap.segments}
+        for seg in segments:
+            if seg.file is not None and seg.file not in keep:
+                os.unlink(os.path.join(self.path, seg.file))
 
     def flush(self) -> None:
         """Make every write so far durable (only needed with ``durability="batch"``)."""
@@ -313,7 +384,12 @@ class Collection:
             self._wal.sync()
 
     def close(self) -> None:
-        self.flush()
+        """Checkpoint (so that the next open replays nothing) and close the files."""
+        if not self.read_only:
+            with self._write_lock:
+                if self._logged_rows or (self._active is not None and self._snap.segments[-1].file is None):
+                    self._checkpoint_locked()
+                self.flush()
         self._wal.close()
         self._store.close()
 
@@ -339,13 +415,13 @@ class Collection:
             out.append(rec)
         return out
 
-    def _vector_of(self, snap: _Snapshot, uid: int) -> np.ndarray | None:
-        pos = np.searchsorted(snap.uids[: snap.count], uid)
-        if pos < snap.count and snap.uids[pos] == uid:
-            return snap.vectors[pos].copy()
-        for seg in snap.sealed:
-            if uid in seg.index:
-                return seg.index.get(uid)
+    @staticmethod
+    def _vector_of(snap: _Snapshot, uid: int) -> np.ndarray | None:
+        for seg in snap.segments:
+            uids = seg.uids
+            pos = int(np.searchsorted(uids, uid))
+            if pos < uids.size and uids[pos] == uid:
+                return seg.view.vectors[pos].copy()
         return None
 
     def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
@@ -359,27 +435,28 @@ class Collection:
         allowed = None if filter is None else self._store.uids_where(filter)
         snap = self._snap
         parts_u, parts_d = [], []
-        for seg in snap.sealed:
-            mask = seg.live if allowed is None else seg.live & np.isin(seg.uids, allowed)
-            if mask.all():
-                mask = None
-            elif not mask.any():
-                continue
-            uids, dists = seg.index.search_masked(q, k, ef, num_threads, mask)
+        for seg in snap.segments:
+            count = seg.view.count
+            if allowed is None:
+                mask = None if seg.dead == 0 else seg.live[:count]
+            else:
+                mask = seg.live[:count] & np.isin(seg.uids, allowed)
+                if not mask.any():
+                    continue
+            uids, dists = seg.index.search_masked(q, k, ef, num_threads, mask, view=seg.view)
             parts_u.append(uids)
             parts_d.append(dists)
-        rows = snap.live[: snap.count]
-        if allowed is not None:
-            rows = rows & np.isin(snap.uids[: snap.count], allowed)
-        rows = np.flatnonzero(rows)
-        pos, dists = exact_top_k(q, snap.vectors[rows], k, self._metric_code)
-        parts_u.append(np.where(pos >= 0, snap.uids[rows][np.maximum(pos, 0)] if rows.size else -1, -1))
-        parts_d.append(dists)
-        all_u = np.concatenate(parts_u, axis=1)
-        all_d = np.concatenate(parts_d, axis=1)
-        order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
-        top_u = np.take_along_axis(all_u, order, 1)
-        top_d = np.take_along_axis(all_d, order, 1)
+        if not parts_u:
+            top_u = np.full((q.shape[0], k), -1, np.int64)
+            top_d = np.full((q.shape[0], k), np.inf, np.float32)
+        elif len(parts_u) == 1:
+            top_u, top_d = parts_u[0], parts_d[0]
+        else:
+            all_u = np.concatenate(parts_u, axis=1)
+            all_d = np.concatenate(parts_d, axis=1)
+            order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+            top_u = np.take_along_axis(all_u, order, 1)
+            top_d = np.take_along_axis(all_d, order, 1)
         hits = self._hits(snap, top_u, top_d, with_payload, with_vector)
         return hits[0] if one else hits
 
@@ -404,9 +481,12 @@ class Collection:
         return f"Collection({self.name!r}, dim={self.dim}, metric={self.metric!r})"
 
     def stats(self) -> dict[str, Any]:
+        """Points, segments (rows, deleted rows, which is active) and the log's length."""
         snap = self._snap
-        return {"name": self.name, "count": self.count(), "sealed_segments": len(snap.sealed),
-                "sealed_rows": int(sum(len(s.uids) for s in snap.sealed)),
-                "deleted_rows": int(sum((~s.live).sum() for s in snap.sealed)
-                                    + (~snap.live[: snap.count]).sum()),
-                "mutable_rows": snap.count, "log_records": len(self._wal)}
+        active = self._active
+        return {"name": self.name, "count": self.count(),
+                "segments": [{"file": seg.file, "rows": seg.view.count, "deleted_rows": seg.dead,
+                              "active": seg.index is active} for seg in snap.segments],
+                "rows": int(sum(seg.view.count for seg in snap.segments)),
+                "deleted_rows": int(sum(seg.dead for seg in snap.segments)),
+                "log_records": len(self._wal)}

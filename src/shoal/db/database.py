@@ -105,7 +105,8 @@ class Database:
             "format": FORMAT, "name": name, "dim": dim, "metric": metric, "m": m,
             "ef_construction": ef_construction})
         write_json(os.path.join(tmp, "manifest.json"), {
-            "format": FORMAT, "segments": [], "checkpoint_seq": 0, "next_uid": 0, "next_segment": 1})
+            "format": FORMAT, "segments": [], "active": None, "checkpoint_seq": 0, "next_uid": 0,
+            "next_segment": 1})
         os.replace(tmp, path)
         return self.get_collection(name)
 

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from shoal.kernels import KERNEL, KERNEL_PARALLEL
 from shoal.kernels.distance import distance
-from shoal.kernels.search import beam_scratch, greedy_descend, next_tag, search_from
+from shoal.kernels.search import beam_insert, beam_scratch, greedy_descend, next_tag, search_from
 
 
 @njit(**KERNEL)
@@ -49,9 +49,14 @@ def select_neighbors(cand_n, cand_d, count, m, vectors, metric, out_n):
 
 @njit(**KERNEL_PARALLEL)
 def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, batch,
-               entry, top_level, m, ef_construction, metric, visited, tags):
+               entry, top_level, m, ef_construction, metric, visited, tags, peers):
     """Phase 1: find and write the out-links of the new nodes ``batch`` on every level they
     share with the current graph (entry ``entry`` at level ``top_level``).
+
+    ``peers`` int32 (len(batch), p), or (0, 0) for none: nodes of the same batch offered as
+    extra level-0 candidates (-1 for none). Nodes of one batch cannot find each other by
+    searching the graph; when a batch is a run of mutually close rows (a user's batch of
+    related documents) they are each other's best neighbours.
 
     New nodes keep at most ``m`` links per level here. ``visited``/``tags`` are per-worker
     scratch (see ``search_batch``). Returns distance evaluations int64 (len(batch),).
@@ -60,6 +65,7 @@ def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, batch
     evals = np.zeros(n, np.int64)
     chunks = visited.shape[0]
     width = links0.shape[1]
+    count = vectors.shape[0]
     for c in prange(chunks):
         beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef_construction, width)
         sel = np.empty(m, np.int32)
@@ -68,17 +74,24 @@ def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, batch
             q = batch[i]
             level_q = levels[q]
             cur, cur_d, e = greedy_descend(vectors[q], vectors, links_up, deg_up, up_offset,
-                                           entry, top_level, level_q, metric)
+                                           entry, top_level, level_q, metric, count)
             for level in range(min(level_q, top_level), -1, -1):
                 tag = next_tag(visited[c], tag)
                 if level == 0:
                     size, e2 = search_from(vectors[q], vectors, links0, deg0, up_offset, 0,
-                                           cur, cur_d, ef_construction, metric, visited[c],
+                                           cur, cur_d, ef_construction, metric, count, visited[c],
                                            tag, beam_d, beam_n, beam_x, buf_n, buf_d)
                 else:
                     size, e2 = search_from(vectors[q], vectors, links_up, deg_up, up_offset,
-                                           level, cur, cur_d, ef_construction, metric,
+                                           level, cur, cur_d, ef_construction, metric, count,
                                            visited[c], tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+                if level == 0 and peers.shape[0] > 0:
+                    for j in range(peers.shape[1]):
+                        r = peers[i, j]
+                        if r >= 0:
+                            size, _ = beam_insert(beam_d, beam_n, beam_x, size, ef_construction,
+                                                  distance(vectors[q], vectors[r], metric), r)
+                            e2 += 1
                 kept, e3 = select_neighbors(beam_n, beam_d, size, m, vectors, metric, sel)
                 e += e2 + e3
                 if level == 0:
@@ -144,19 +157,33 @@ def merge_reverse(keys, vectors, links, degs, up_offset, level, metric):
         p = np.int32(keys[a] >> 32)
         row = p if level == 0 else up_offset[p] + level - 1
         deg = degs[row]
-        if deg + (b - a) <= cap:
-            for j in range(a, b):
-                links[row, deg] = np.int32(keys[j] & 0xFFFFFFFF)
+        # sources the target links to already (two new nodes of one batch that chose each
+        # other) are dropped
+        fresh = np.empty(b - a, np.int32)
+        nf = 0
+        for j in range(a, b):
+            src = np.int32(keys[j] & 0xFFFFFFFF)
+            dup = False
+            for t in range(deg):
+                if links[row, t] == src:
+                    dup = True
+                    break
+            if not dup:
+                fresh[nf] = src
+                nf += 1
+        if deg + nf <= cap:
+            for j in range(nf):
+                links[row, deg] = fresh[j]
                 deg += 1
             degs[row] = deg
             continue
-        total = deg + (b - a)
+        total = deg + nf
         cand_n = np.empty(total, np.int32)
         cand_d = np.empty(total, np.float32)
         for j in range(deg):
             cand_n[j] = links[row, j]
-        for j in range(a, b):
-            cand_n[deg + j - a] = np.int32(keys[j] & 0xFFFFFFFF)
+        for j in range(nf):
+            cand_n[deg + j] = fresh[j]
         for j in range(total):
             cand_d[j] = distance(vectors[p], vectors[cand_n[j]], metric)
         order = np.argsort(cand_d, kind="mergesort")
@@ -196,3 +223,25 @@ def unreachable_nodes(links0, deg0, entry, count):
     seen = np.zeros(count, np.bool_)
     mark_reachable(links0, deg0, seen, entry)
     return np.flatnonzero(~seen)
+
+
+@njit(**KERNEL)
+def unlinked_nodes(links0, deg0, start, stop):
+    """Nodes in ``start .. stop-1`` that none of their own level-0 neighbours links back to
+    (after an insertion: the new nodes that pruning may have left without an in-link), int64."""
+    out = np.empty(stop - start, np.int64)
+    k = 0
+    for u in range(start, stop):
+        found = False
+        for j in range(deg0[u]):
+            v = links0[u, j]
+            for t in range(deg0[v]):
+                if links0[v, t] == u:
+                    found = True
+                    break
+            if found:
+                break
+        if not found:
+            out[k] = u
+            k += 1
+    return out[:k]

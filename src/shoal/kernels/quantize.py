@@ -42,10 +42,16 @@ def max_abs_deviation(x, center):
     return peaks.max() if n else np.float32(0.0)
 
 
+def code_params(x: np.ndarray, metric: int, margin: float = 1.0) -> tuple[np.ndarray, np.float32]:
+    """(center, scale) of codes for the float32 rows ``x`` (n, d) under ``metric``; ``margin``
+    > 1 leaves room for later rows with larger values."""
+    center = x.mean(axis=0, dtype=np.float64).astype(np.float32) if metric == L2 and len(x) else \
+        np.zeros(x.shape[1], np.float32)
+    peak = float(max_abs_deviation(x, center)) * margin
+    return center, np.float32(127.0 / peak) if peak > 0 else np.float32(1.0)
+
+
 def int8_codes(x: np.ndarray, metric: int) -> np.ndarray:
     """Codes of the float32 rows ``x`` (n, d) for construction under ``metric``."""
-    center = x.mean(axis=0, dtype=np.float64).astype(np.float32) if metric == L2 else \
-        np.zeros(x.shape[1], np.float32)
-    peak = float(max_abs_deviation(x, center))
-    scale = np.float32(127.0 / peak) if peak > 0 else np.float32(1.0)
+    center, scale = code_params(x, metric)
     return quantize_rows(x, center, scale)

@@ -38,8 +38,10 @@ def beam_scratch(ef, width):
 
 
 @njit(**KERNEL)
-def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level, stop_level, metric):
-    """Walk greedily from ``entry`` on levels ``top_level`` .. ``stop_level + 1``.
+def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level, stop_level,
+                   metric, count):
+    """Walk greedily from ``entry`` on levels ``top_level`` .. ``stop_level + 1``, over nodes
+    below ``count`` (links to later nodes, being inserted by a writer, are skipped).
 
     Returns (node, distance, distance evaluations).
     """
@@ -53,6 +55,8 @@ def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level
             row = up_offset[cur] + level - 1
             for j in range(deg_up[row]):
                 nb = links_up[row, j]
+                if nb < 0 or nb >= count:
+                    continue
                 d = distance(query, vectors[nb], metric)
                 evals += 1
                 if d < cur_d:
@@ -87,12 +91,14 @@ def beam_insert(beam_d, beam_n, beam_x, size, ef, d, node):
 
 
 @njit(**KERNEL)
-def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric,
+def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric, count,
                  visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d):
     """Beam search for ``query`` on one level, continuing from the beam's first ``size`` entries
     (sorted, their nodes marked in ``visited`` with ``tag``; unexpanded ones get expanded).
 
     ``links``/``degs`` are level 0's arrays when ``level == 0``, else the upper-level pool.
+    Only nodes below ``count`` are visited: a reader of a graph that a writer is growing skips
+    links to nodes published after its snapshot (and any torn entry of a row being rewritten).
     ``beam_*`` have room for ``ef`` entries and ``buf_*`` for one neighbour row. On return
     ``beam_d[:size]`` is sorted ascending and every entry is expanded.
     Returns (size, distance evaluations).
@@ -108,7 +114,7 @@ def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric
         cnt = 0
         for j in range(degs[row]):
             nb = links[row, j]
-            if visited[nb] != tag:
+            if nb >= 0 and nb < count and visited[nb] != tag:
                 visited[nb] = tag
                 buf_n[cnt] = nb
                 cnt += 1
@@ -131,15 +137,15 @@ def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric
 
 
 @njit(**KERNEL)
-def search_from(query, vectors, links, degs, up_offset, level, entry, entry_d, ef, metric,
+def search_from(query, vectors, links, degs, up_offset, level, entry, entry_d, ef, metric, count,
                 visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d):
     """``search_layer`` from one entry node; returns (size, distance evaluations)."""
     beam_d[0] = entry_d
     beam_n[0] = entry
     beam_x[0] = False
     visited[entry] = tag
-    return search_layer(query, vectors, links, degs, up_offset, level, 1, ef, metric, visited,
-                        tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+    return search_layer(query, vectors, links, degs, up_offset, level, 1, ef, metric, count,
+                        visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d)
 
 
 @njit(**KERNEL)
@@ -184,8 +190,8 @@ def heap_pop(heap_d, heap_n, size):
 
 
 @njit(**KERNEL)
-def search_layer_filtered(query, vectors, links0, deg0, entry, entry_d, ef, metric, allowed,
-                          visited, tag, heap_d, heap_n, beam_d, beam_n, beam_x):
+def search_layer_filtered(query, vectors, links0, deg0, entry, entry_d, ef, metric, count,
+                          allowed, visited, tag, heap_d, heap_n, beam_d, beam_n, beam_x):
     """Level-0 search whose results are only nodes with ``allowed[node]`` (uint8) set, while
     every node still serves to navigate (hnswlib's filtered search). Candidates live in a
     min-heap (``heap_*``, room for every node); results in the sorted beam (room for ``ef``).
@@ -204,7 +210,7 @@ def search_layer_filtered(query, vectors, links0, deg0, entry, entry_d, ef, metr
             break
         for j in range(deg0[node]):
             nb = links0[node, j]
-            if visited[nb] == tag:
+            if nb < 0 or nb >= count or visited[nb] == tag:
                 continue
             visited[nb] = tag
             dn = distance(query, vectors[nb], metric)
@@ -244,11 +250,11 @@ def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_off
         tag = tags[c]
         for q in range(c * nq // chunks, (c + 1) * nq // chunks):
             cur, cur_d, e = greedy_descend(queries[q], vectors, links_up, deg_up, up_offset,
-                                           entry, top_level, 0, metric)
+                                           entry, top_level, 0, metric, count)
             tag = next_tag(visited[c], tag)
             if filtered:
                 size, e2 = search_layer_filtered(queries[q], vectors, links0, deg0, cur, cur_d,
-                                                 ef, metric, allowed, visited[c], tag, heap_d,
+                                                 ef, metric, count, allowed, visited[c], tag, heap_d,
                                                  heap_n, beam_d, beam_n, beam_x)
                 evals[q] = e + e2
                 for j in range(min(k, size)):
@@ -256,7 +262,8 @@ def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_off
                     out_d[q, j] = beam_d[j]
                 continue
             size, e2 = search_from(queries[q], vectors, links0, deg0, up_offset, 0, cur, cur_d,
-                                   ef, metric, visited[c], tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+                                   ef, metric, count, visited[c], tag, beam_d, beam_n, beam_x,
+                                   buf_n, buf_d)
             if size < ef and size < count and visited[c][entry] != tag:
                 # The component of the descent's end is smaller than the beam: go on from the
                 # entry point, which reaches every node (a small index still answers exactly).
@@ -264,8 +271,8 @@ def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_off
                 size, _ = beam_insert(beam_d, beam_n, beam_x, size, ef,
                                       distance(queries[q], vectors[entry], metric), entry)
                 size, e3 = search_layer(queries[q], vectors, links0, deg0, up_offset, 0, size,
-                                        ef, metric, visited[c], tag, beam_d, beam_n, beam_x,
-                                        buf_n, buf_d)
+                                        ef, metric, count, visited[c], tag, beam_d, beam_n,
+                                        beam_x, buf_n, buf_d)
                 e2 += e3 + 1
             evals[q] = e + e2
             for j in range(min(k, size)):
