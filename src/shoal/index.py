@@ -287,6 +287,15 @@ class Index:
         else:
             new_ids = _validate.ids(ids, n)
             self._check_new_ids(new_ids)
+        return self.add_trusted(x, norms, new_ids, threads, repair)
+
+    def add_trusted(self, x: np.ndarray, norms: np.ndarray | None, new_ids: np.ndarray,
+                    threads: int, repair: bool) -> np.ndarray:
+        """``add`` for inputs already checked: ``x`` float32 C-contiguous finite rows (with
+        their ``norms`` under cosine, else None), ``new_ids`` int64 and absent. For callers
+        that validated them once already (collections)."""
+        n = x.shape[0]
+        cosine = self._metric == "cosine"
         if n == 0:
             return new_ids
         levels = np.minimum(

@@ -37,6 +37,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 
 from shoal import _validate
@@ -255,7 +256,7 @@ class Collection:
             old = None
         else:
             old = segments.pop()
-        self._active.add(x, ids=uids, repair=False)
+        self._active.add_trusted(x, None, uids, numba.config.NUMBA_NUM_THREADS, repair=False)
         self._logged_rows += len(uids)
         view = self._active.view()
         if old is not None and old.live.shape[0] >= view.count:

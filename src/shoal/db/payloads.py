@@ -39,6 +39,9 @@ def check_keys(keys: Any, name: str = "ids") -> list[Key]:
         raise InvalidTypeError(f"{name} must be a list of ints or strings, got {type(keys).__name__}")
     out: list[Key] = []
     for i, key in enumerate(keys.tolist() if isinstance(keys, np.ndarray) else keys):
+        if type(key) is int and -(2**63) <= key < 2**63:  # the common case, quickly
+            out.append(key)
+            continue
         if isinstance(key, bool) or not isinstance(key, (numbers.Integral, str)):
             raise InvalidTypeError(f"{name}[{i}] must be an int or a string, got {type(key).__name__}")
         if isinstance(key, str):
@@ -57,6 +60,9 @@ def check_keys(keys: Any, name: str = "ids") -> list[Key]:
 
 
 def _finite(value: Any, where: str) -> None:
+    """Raise naming the first non-finite number or non-string object key in ``value`` (for
+    messages; ``encode_payloads`` only calls it once ``json.dumps`` refused or the keys are
+    suspect)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidArgumentError(f"{where}: numbers must be finite, got {value}")
     if isinstance(value, dict):
@@ -67,6 +73,29 @@ def _finite(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _finite(v, f"{where}[{i}]")
+
+
+def _string_keys(value: dict) -> bool:
+    """Whether every object key in ``value``, nested ones included, is a string (json.dumps
+    would turn an int key into a string silently)."""
+    stack: list[Any] = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is dict:
+            for k, x in v.items():
+                if type(k) is not str:
+                    return False
+                if type(x) is dict or type(x) is list:
+                    stack.append(x)
+        elif type(v) is list:
+            stack.extend(x for x in v if type(x) is dict or type(x) is list)
+        elif isinstance(v, dict):  # dict subclasses: the slow path checks them
+            return False
+    return True
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+dumps = _ENCODER.encode
 
 
 def encode_payloads(payloads: Any, n: int) -> list[str]:
@@ -84,9 +113,15 @@ def encode_payloads(payloads: Any, n: int) -> list[str]:
             continue
         if not isinstance(p, dict):
             raise InvalidTypeError(f"payloads[{i}] must be a JSON object (dict) or None, got {type(p).__name__}")
-        _finite(p, f"payloads[{i}]")
         try:
-            out.append(json.dumps(p, allow_nan=False, separators=(",", ":")))
+            if _string_keys(p):
+                out.append(dumps(p))
+                continue
+        except (TypeError, ValueError):
+            pass
+        _finite(p, f"payloads[{i}]")  # names a NaN or a non-string key, if that is the fault
+        try:
+            out.append(dumps(p))
         except (TypeError, ValueError) as exc:
             raise InvalidTypeError(f"payloads[{i}] is not JSON: {exc}") from None
     return out
