@@ -256,7 +256,11 @@ class Collection:
             old = None
         else:
             old = segments.pop()
-        self._active.add_trusted(x, None, uids, numba.config.NUMBA_NUM_THREADS, repair=False)
+        # Under inner product some rows are nobody's neighbour and pruning strands many: run
+        # the full reachability pass. For unit rows (cosine) and l2, checking the new rows
+        # is enough between checkpoints (tests/db: every row stays findable at once).
+        self._active.add_trusted(x, None, uids, numba.config.NUMBA_NUM_THREADS,
+                                 repair=self.metric == "ip")
         self._logged_rows += len(uids)
         view = self._active.view()
         if old is not None and old.live.shape[0] >= view.count:
