@@ -5,8 +5,9 @@ Protocol (issue 4), each figure a ratio to a peer measured in the same run:
   batch), with payload indexes on ``pos`` and ``lexname``, to a searchable state; against hnswlib
   ``add_items`` (M=16, ef_construction=64, 2 threads, all vectors in one call) and chromadb
   (the same batches and payloads, a persistent client);
-- search over the collection as ingest left it and after ``compact()``: recall@10 and QPS
-  (1 thread, the queries as one batch) against a single ``shoal.Index`` over the same data;
+- search over the collection as ingest left it (one active segment), after ``compact()``, and
+  sealed into three segments: recall@10 and QPS (1 thread, the queries as one batch) against a
+  single ``shoal.Index`` over the same data;
 - filtered search on the payloads (part of speech, lexicographer files) at about 50%, 10%,
   1% and 0.1% selectivity, against exact filtered ground truth;
 - reopening the database and answering a first query.
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import shoal  # noqa: E402
+import shoal.db.collection as collection_module  # noqa: E402
 from bench_core import median_time  # noqa: E402  (same directory)
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
@@ -135,6 +137,30 @@ def main(argv=None) -> int:
                 results["search"].append(row)
                 lines.append(f"| {state} | {ef} | {row['recall']:.3f} | {row['qps']:,.0f} | "
                              f"{row['qps'] / row['index_qps']:.2f}x |")
+
+        # The same data sealed into three segments (a small seal size forces them): what a
+        # search over several segments costs against one.
+        seg_dir = tempfile.mkdtemp()
+        saved = collection_module.SEAL_ROWS
+        collection_module.SEAL_ROWS = 40_000
+        try:
+            with shoal.open(seg_dir) as db3:
+                col3 = db3.create_collection("wordnet", dim=ds.base.shape[1], metric="cosine")
+                for lo in range(0, n, 1000):
+                    col3.upsert(list(range(lo, min(lo + 1000, n))), ds.base[lo:lo + 1000])
+                nseg = len(col3.stats()["segments"])
+                for ef in (32, 64):
+                    secs = median_time(lambda: col3.search(ds.queries, k=10, ef=ef, with_payload=False, num_threads=1))
+                    found = hit_ids(col3.search(ds.queries, k=10, ef=ef, with_payload=False, num_threads=1))
+                    base_secs = median_time(lambda: index.search(ds.queries, 10, ef=ef, num_threads=1))
+                    row = {"state": f"{nseg} segments", "ef": ef, "recall": recall_at_k(found, ds.gt),
+                           "qps": len(ds.queries) / secs, "index_qps": len(ds.queries) / base_secs}
+                    results["search"].append(row)
+                    lines.append(f"| {nseg} segments (sealed at 40,000 rows) | {ef} | {row['recall']:.3f} | "
+                                 f"{row['qps']:,.0f} | {row['qps'] / row['index_qps']:.2f}x |")
+        finally:
+            collection_module.SEAL_ROWS = saved
+            shutil.rmtree(seg_dir, ignore_errors=True)
 
         lines += ["", "| filter | selectivity | recall@10 | QPS |", "|---|---|---|---|"]
         results["filtered"] = []
