@@ -1,6 +1,7 @@
 """shoal: an embedded vector database whose core is a numba HNSW index."""
 
 from shoal.errors import (
+    AuthenticationError,
     CollectionExistsError,
     CollectionNotFoundError,
     CorruptIndexError,
@@ -11,9 +12,11 @@ from shoal.errors import (
     InvalidArgumentError,
     InvalidTypeError,
     LockedError,
+    PayloadTooLargeError,
     ReadOnlyError,
     ShoalError,
 )
+from shoal.client import Client, RemoteCollection
 from shoal.db.collection import Collection, Hit
 from shoal.db.database import Database
 from shoal.db.database import open_database as open  # noqa: A001 - shoal.open(path)
@@ -22,6 +25,8 @@ from shoal.index import Index
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
+    "Client",
     "Collection",
     "CollectionExistsError",
     "CollectionNotFoundError",
@@ -36,7 +41,9 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidTypeError",
     "LockedError",
+    "PayloadTooLargeError",
     "ReadOnlyError",
+    "RemoteCollection",
     "ShoalError",
     "__version__",
     "open",

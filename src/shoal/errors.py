@@ -73,3 +73,15 @@ class CollectionExistsError(InvalidArgumentError):
     """A collection name that is already taken."""
 
     http_status = 409
+
+
+class AuthenticationError(ShoalError):
+    """A request to a shoal server without a valid API key (HTTP 401)."""
+
+    http_status = 401
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """A request body over the server's size limit (HTTP 413)."""
+
+    http_status = 413

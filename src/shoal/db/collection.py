@@ -35,7 +35,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numba
 import numpy as np
@@ -428,6 +428,20 @@ class Collection:
             if pos < uids.size and uids[pos] == uid:
                 return seg.view.vectors[pos].copy()
         return None
+
+    def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[Key], np.ndarray, list[dict]]]:
+        """Every point, as batches of (ids, vectors, payloads), from one snapshot (for exports)."""
+        batch_size = _validate.positive_int(batch_size, "batch_size")
+        snap = self._snap
+        for seg in snap.segments:
+            nodes = np.flatnonzero(seg.live[: seg.view.count])
+            for lo in range(0, nodes.size, batch_size):
+                part = nodes[lo:lo + batch_size]
+                uids = seg.uids[part]
+                info = self._store.keys_of(uids, payloads=True)
+                keep = [i for i, u in enumerate(uids.tolist()) if u in info]  # not deleted since
+                found = [info[u] for u in uids[keep].tolist()]
+                yield [f[0] for f in found], seg.view.vectors[part[keep]], [f[1] for f in found]
 
     def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
                with_payload: bool = True, with_vector: bool = False,

@@ -15,6 +15,7 @@ import fcntl
 import os
 import re
 import shutil
+import threading
 from typing import Any
 
 from shoal import _validate
@@ -53,6 +54,7 @@ class Database:
         self.read_only = read_only
         self.durability = durability
         self._open: dict[str, Collection] = {}
+        self._lock = threading.RLock()  # collection management from several threads (a server)
         self._lock_file = None
         if read_only:
             if not os.path.isdir(self.path):
@@ -88,6 +90,10 @@ class Database:
     def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
                           ef_construction: int = 40) -> Collection:
         """Create an empty collection; ``CollectionExistsError`` if the name is taken."""
+        with self._lock:
+            return self._create_locked(name, dim, metric, m, ef_construction)
+
+    def _create_locked(self, name: str, dim: int, metric: str, m: int, ef_construction: int) -> Collection:
         self._check_writable()
         path = self._dir(name)
         dim = _validate.positive_int(dim, "dim")
@@ -108,11 +114,15 @@ class Database:
             "format": FORMAT, "segments": [], "active": None, "checkpoint_seq": 0, "next_uid": 0,
             "next_segment": 1})
         os.replace(tmp, path)
-        return self.get_collection(name)
+        return self._get_locked(name, path)
 
     def get_collection(self, name: str) -> Collection:
         """An existing collection; ``CollectionNotFoundError`` (a ``KeyError``) if absent."""
         path = self._dir(name)
+        with self._lock:
+            return self._get_locked(name, path)
+
+    def _get_locked(self, name: str, path: str) -> Collection:
         if name not in self._open:
             if not os.path.isfile(os.path.join(path, "manifest.json")):
                 raise CollectionNotFoundError(f"no collection named {name!r} (have: {self.list_collections()})")
@@ -121,6 +131,10 @@ class Database:
 
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its files."""
+        with self._lock:
+            self._drop_locked(name)
+
+    def _drop_locked(self, name: str) -> None:
         self._check_writable()
         path = self._dir(name)
         if not os.path.isfile(os.path.join(path, "manifest.json")):
@@ -132,12 +146,13 @@ class Database:
         shutil.rmtree(doomed)
 
     def close(self) -> None:
-        for col in self._open.values():
-            col.close()
-        self._open.clear()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        with self._lock:
+            for col in self._open.values():
+                col.close()
+            self._open.clear()
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
 
     def __enter__(self) -> "Database":
         return self

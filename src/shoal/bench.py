@@ -1,0 +1,350 @@
+"""shoal's core index against hnswlib, faiss-cpu and usearch, in one run, on one dataset.
+
+Protocol (issue 3): all base vectors, all queries, recall@10 against the exact top-10; builds
+with 2 threads; search QPS with 1 thread over the queries as one batch call; every build in a
+fresh process; medians of ``--reps`` runs; every figure also as a ratio to hnswlib (M=16,
+ef_construction=64) measured in the same run.
+
+    ./run.sh bench                                  # full protocol on ../shared/datasets/...
+    shoal bench DATASET_DIR --out DIR --reps 3      # the same, installed anywhere
+
+Writes ``core.json``, ``core.md`` (the tables) and ``recall_qps.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shoal.datasets import FULL, load_dataset, recall_at_k
+
+EFS = [10, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 256]
+TARGET = 0.95
+
+
+# ----------------------------------------------------------------------------- worker side
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_peak() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def median_time(fn, reps: int = 3) -> float:
+    """Median wall time of ``reps`` calls of ``fn``."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _build(engine: str, base: np.ndarray, m: int, efc: int, threads: int):
+    """Build an index; returns (search(queries, k, ef) -> labels, extra info)."""
+    n, dim = base.shape
+    if engine == "shoal":
+        import shoal
+
+        index = shoal.Index(dim, "cosine", m=m, ef_construction=efc, seed=0)
+        index.add(base, num_threads=threads)
+        stats = index.stats()
+        info = {"memory_bytes": stats["memory_bytes"],
+                "vectors_plus_level0_bytes": int(n * dim * 4 + n * 2 * m * 4 + n * 4),
+                "distance_evaluations_per_insert": index.last_add_stats["distance_evaluations_per_insert"]}
+        return (lambda q, k, ef: index.search(q, k, ef=ef, num_threads=1)[0]), info
+    if engine == "hnswlib":
+        import hnswlib
+
+        index = hnswlib.Index(space="ip", dim=dim)
+        index.init_index(max_elements=n, ef_construction=efc, M=m, random_seed=0)
+        index.set_num_threads(threads)
+        index.add_items(base)
+        index.set_num_threads(1)
+
+        def search(q, k, ef):
+            index.set_ef(ef)
+            return index.knn_query(q, k)[0]
+        return search, {}
+    if engine == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = efc
+        index.add(base)
+        faiss.omp_set_num_threads(1)
+
+        def search(q, k, ef):
+            index.hnsw.efSearch = ef
+            return index.search(q, k)[1]
+        return search, {}
+    if engine == "usearch":
+        from usearch.index import Index
+
+        index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=m, expansion_add=efc)
+        index.add(np.arange(n), base, threads=threads)
+
+        def search(q, k, ef):
+            index.expansion_search = ef
+            return index.search(q, k, threads=1).keys
+        return search, {}
+    raise ValueError(f"unknown engine {engine!r}")
+
+
+def worker(spec: dict) -> dict:
+    ds = load_dataset(spec["dataset"])
+    base = ds.base[: spec.get("n") or len(ds.base)]
+    gt = ds.gt
+    if spec.get("n"):  # a prefix of the base: exact top-10 for it
+        gt = np.argsort(-(ds.queries @ base.T), axis=1)[:, :10]
+    base = np.ascontiguousarray(base)
+    _build(spec["engine"], base[:2000], spec["m"], spec["efc"], spec["threads"])  # load code once
+    rss0 = _rss_now()
+    _reset_peak()
+    t = time.perf_counter()
+    search, info = _build(spec["engine"], base, spec["m"], spec["efc"], spec["threads"])
+    build_s = time.perf_counter() - t
+    out = {**spec, **info, "build_s": build_s, "vec_per_s": len(base) / build_s,
+           "build_peak_rss_delta": _rss_peak() - rss0, "curve": []}
+    if spec.get("search", True):
+        search(ds.queries[:10], 10, 16)
+        for ef in spec.get("efs", EFS):
+            labels = search(ds.queries, 10, ef)
+            secs = median_time(lambda: search(ds.queries, 10, ef))
+            out["curve"].append({"ef": ef, "recall": recall_at_k(labels, gt), "qps": len(ds.queries) / secs})
+    return out
+
+
+# ----------------------------------------------------------------------------- driver side
+def run_worker(spec: dict, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "shoal.bench", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def qps_at(curve: list[dict], target: float = TARGET) -> float | None:
+    """QPS at ``target`` recall, interpolated linearly between the two ef points around it."""
+    for a, b in zip(curve, curve[1:]):
+        if a["recall"] < target <= b["recall"]:
+            return a["qps"] + (b["qps"] - a["qps"]) * (target - a["recall"]) / (b["recall"] - a["recall"])
+    if curve and curve[0]["recall"] >= target:
+        return curve[0]["qps"]
+    return None
+
+
+def median_curve(runs: list[dict]) -> list[dict]:
+    return [{"ef": pts[0]["ef"], "recall": statistics.median(p["recall"] for p in pts),
+             "qps": statistics.median(p["qps"] for p in pts)} for pts in zip(*(r["curve"] for r in runs))]
+
+
+def summarize(runs: list[dict]) -> dict:
+    curve = median_curve(runs)
+    out = {"vec_per_s": statistics.median(r["vec_per_s"] for r in runs),
+           "build_s": statistics.median(r["build_s"] for r in runs),
+           "qps_at_095": qps_at(curve), "max_recall": max(p["recall"] for p in curve),
+           "curve": curve, "runs": runs}
+    for key in ("memory_bytes", "vectors_plus_level0_bytes", "build_peak_rss_delta",
+                "distance_evaluations_per_insert"):
+        if key in runs[0]:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
+def cold_start(dataset: str, reps: int) -> dict:
+    """Import time, load + first query in a fresh process, and the first-ever compile time."""
+    src = str(Path(__file__).resolve().parents[1])  # the shoal package's parent
+    env = {**os.environ, "PYTHONPATH": src}
+    imp = []
+    for _ in range(max(reps, 5)):
+        code = "import time; t = time.perf_counter(); import shoal; print(time.perf_counter() - t)"
+        imp.append(float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                        text=True, check=True).stdout))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "wordnet.shoal")
+        save = ("import numpy as np, shoal\n"
+                f"from shoal.datasets import load_dataset\nds = load_dataset({dataset!r})\n"
+                "i = shoal.Index(ds.base.shape[1]); i.add(ds.base)\n"
+                f"i.save({path!r})\n")
+        subprocess.run([sys.executable, "-c", save], env=env, check=True)
+        first = []
+        for mmap in (False, True):
+            for _ in range(reps):
+                code = ("import time; t = time.perf_counter(); import numpy as np, shoal\n"
+                        f"i = shoal.Index.load({path!r}, mmap={mmap})\n"
+                        "i.search(np.ones(i.dim, np.float32), 10)\n"
+                        "print(time.perf_counter() - t)")
+                first.append((mmap, float(subprocess.run([sys.executable, "-c", code], env=env,
+                                                         capture_output=True, text=True,
+                                                         check=True).stdout)))
+        cache = os.path.join(tmp, "numba-cache")
+        code = ("import time, numpy as np; import shoal; x = np.random.default_rng(0).random((2000, 64), np.float32)\n"
+                "t = time.perf_counter(); i = shoal.Index(64); i.add(x); i.search(x[:5], 10)\n"
+                "i2 = shoal.Index(64, 'l2'); i2.add(x); i2.search(x[:5], 10)\n"
+                "print(time.perf_counter() - t)")
+        compile_s = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                         env={**env, "NUMBA_CACHE_DIR": cache}).stdout)
+    return {"import_s": statistics.median(imp),
+            "load_first_query_s": statistics.median(s for m, s in first if not m),
+            "load_first_query_mmap_s": statistics.median(s for m, s in first if m),
+            "cold_compile_s": compile_s}
+
+
+def fmt(x, spec="{:,.0f}"):
+    return "n/a" if x is None else spec.format(x)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=str(FULL))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default="shoal-bench")
+    ap.add_argument("--engines", default="shoal,hnswlib,faiss,usearch")
+    ap.add_argument("--sweep", default="32,48,64,100,200", help="ef_construction values for the Pareto sweep ('' to skip)")
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    import shoal
+
+    defaults = shoal.Index(1)
+    m_def, efc_def = defaults.m, defaults.ef_construction
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = {"dataset": args.dataset, "threads": 2}
+    results: dict = {"protocol": {"dataset": args.dataset, "reps": args.reps, "build_threads": 2,
+                                  "search_threads": 1, "k": 10, "target_recall": TARGET}}
+    configs = [("shoal", m_def, efc_def, "shoal (defaults)")]
+    if (m_def, efc_def) != (16, 64):
+        configs.append(("shoal", 16, 64, "shoal M=16 efc=64"))
+    configs += [(e, 16, 64, f"{e} M=16 efc=64") for e in args.engines.split(",") if e != "shoal"]
+    runs: dict[str, list] = {label: [] for *_, label in configs}
+    for rep in range(args.reps):  # interleave engines so that noise hits all alike
+        for engine, m, efc, label in configs:
+            r = run_worker({**base, "engine": engine, "m": m, "efc": efc})
+            runs[label].append(r)
+            print(f"  rep {rep + 1} {label}: {r['vec_per_s']:,.0f} vec/s", flush=True)
+    summary = {label: summarize(r) for label, r in runs.items()}
+    ref = summary["hnswlib M=16 efc=64"]
+    results["main"] = summary
+
+    lines = [f"Dataset {Path(args.dataset).name}; build 2 threads, search 1 thread (one batch of "
+             f"queries); medians of {args.reps} runs, each build in a fresh process.", "",
+             "| index | build vec/s | build vs hnswlib | QPS at recall@10 0.95 | QPS vs hnswlib | max recall@10 |",
+             "|---|---|---|---|---|---|"]
+    for label, s in summary.items():
+        q = s["qps_at_095"]
+        lines.append(f"| {label} | {fmt(s['vec_per_s'])} | {s['vec_per_s'] / ref['vec_per_s']:.2f}x | {fmt(q)} | "
+                     f"{fmt(q and q / ref['qps_at_095'], '{:.2f}x')} | {s['max_recall']:.3f} |")
+
+    if args.sweep:
+        sweep = {}
+        lines += ["", "Pareto sweep over ef_construction (M=16; one build each, ratios to hnswlib efc=64 above):", "",
+                  "| ef_construction | shoal vec/s | shoal QPS@0.95 | hnswlib vec/s | hnswlib QPS@0.95 |", "|---|---|---|---|---|"]
+        for efc in [int(v) for v in args.sweep.split(",")]:
+            row = {e: summarize([run_worker({**base, "engine": e, "m": 16, "efc": efc})]) for e in ("shoal", "hnswlib")}
+            sweep[efc] = row
+            lines.append(f"| {efc} | {fmt(row['shoal']['vec_per_s'])} | {fmt(row['shoal']['qps_at_095'])} | "
+                         f"{fmt(row['hnswlib']['vec_per_s'])} | {fmt(row['hnswlib']['qps_at_095'])} |")
+            print(f"  sweep efc={efc} done", flush=True)
+        results["sweep"] = sweep
+
+    sd = summary["shoal (defaults)"]
+    if not args.skip_scaling:
+        one = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "threads": 1, "search": False})
+               for _ in range(args.reps)]
+        speedup = sd["vec_per_s"] / statistics.median(r["vec_per_s"] for r in one)
+        sizes, evals = {}, {}
+        for n in (10_000, 30_000, None):
+            if n is None:
+                n = len(load_dataset(args.dataset).base)
+                sizes[n], evals[n] = sd["build_s"], sd["distance_evaluations_per_insert"]
+                continue
+            rs = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "n": n, "search": False})
+                  for _ in range(args.reps)]
+            sizes[n] = statistics.median(r["build_s"] for r in rs)
+            evals[n] = statistics.median(r["distance_evaluations_per_insert"] for r in rs)
+        n0 = min(sizes)
+        t_rel = {n: (s / (n * np.log(n))) / (sizes[n0] / (n0 * np.log(n0))) for n, s in sizes.items()}
+        e_rel = {n: (e / np.log(n)) / (evals[n0] / np.log(n0)) for n, e in evals.items()}
+        results["scaling"] = {"threads_2_vs_1": speedup, "build_s_by_n": sizes,
+                              "evaluations_per_insert_by_n": evals,
+                              "time_per_n_log_n_relative": t_rel, "evaluations_per_log_n_relative": e_rel}
+        lines += ["", f"Scaling: 2 threads build {speedup:.2f}x faster than 1.", "",
+                  "| n | build s | time / (n log n), rel. | distance evaluations per insert | evaluations / log n, rel. |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {n:,} | {sizes[n]:.2f} | {t_rel[n]:.2f} | {evals[n]:.0f} | {e_rel[n]:.2f} |" for n in sizes]
+
+    mem = sd["memory_bytes"] / sd["vectors_plus_level0_bytes"]
+    peak = sd["build_peak_rss_delta"] / sd["vectors_plus_level0_bytes"]
+    results["memory"] = {"index_vs_vectors_plus_level0": mem, "build_peak_rss_vs_vectors_plus_level0": peak}
+    cold = cold_start(args.dataset, args.reps)
+    results["cold_start"] = cold
+    lines += ["", f"Memory: index {mem:.3f}x (vectors + level-0 links); peak RSS growth during build {peak:.2f}x.",
+              f"Cold start: import shoal {cold['import_s']:.3f} s; fresh process load + first query "
+              f"{cold['load_first_query_s']:.2f} s ({cold['load_first_query_mmap_s']:.2f} s with mmap=True); "
+              f"first-ever kernel compile {cold['cold_compile_s']:.1f} s.",
+              f"Distance evaluations per insert (shoal defaults): {sd['distance_evaluations_per_insert']:.0f}."]
+    table = "\n".join(lines)
+    print("\n" + table)
+    (out / "core.md").write_text(table + "\n")
+    (out / "core.json").write_text(json.dumps(results, indent=1, default=float))
+    plot(summary, out / "recall_qps.png")
+    return 0
+
+
+def plot(summary: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, s in summary.items():
+        ax.plot([p["recall"] for p in s["curve"]], [p["qps"] for p in s["curve"]], marker="o", ms=3,
+                label=f"{label} ({s['vec_per_s'] / 1000:.1f}K vec/s build)")
+    ax.axvline(TARGET, color="grey", ls=":", lw=1)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries per second (1 thread)")
+    ax.set_yscale("log")
+    ax.set_xlim(0.85, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("wordnet-minilm-384: recall vs QPS (ef sweep)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

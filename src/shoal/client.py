@@ -1,0 +1,198 @@
+"""``shoal.Client``: a shoal server's collections with the embedded database's API.
+
+The same code runs against either::
+
+    db = shoal.open("./my.db")                                  # embedded
+    db = shoal.Client("http://127.0.0.1:6333", api_key="...")   # remote
+    docs = db.get_collection("docs")
+    docs.upsert(ids, vectors, payloads); docs.search(q, k=10, filter={...})
+
+The client checks its input with the embedded code's own validators before sending it (so
+bad input raises the same typed errors, without a round trip), and turns the server's error
+bodies back into the same exception classes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from shoal import _validate, errors
+from shoal.db.collection import Hit
+from shoal.db.database import check_name
+from shoal.db.filters import compile_filter
+from shoal.db.payloads import check_keys, encode_payloads
+from shoal.index import DEFAULT_EF
+
+
+def _error(response: Any) -> errors.ShoalError:
+    """The exception a server error response stands for."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        cls = getattr(errors, str(body["error"].get("type")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.ShoalError)):
+            cls = errors.ShoalError
+        return cls(body["error"].get("message", ""))
+    if response.status_code == 422 and isinstance(body, dict):  # the request model's checks
+        parts = [f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
+                 for d in body.get("detail", []) if isinstance(d, dict)]
+        return errors.InvalidArgumentError("; ".join(parts) or response.text)
+    return errors.ShoalError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+def _check_filter(flt: Any) -> None:
+    if flt is not None:
+        compile_filter(flt, "payload", set())  # raises FilterError for a malformed filter
+
+
+class Client:
+    """Connection to a shoal server (``shoal serve``). Offers ``list_collections``,
+    ``create_collection``, ``get_collection`` and ``drop_collection`` as ``shoal.Database``
+    does; close it (or use ``with``)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:6333", *, api_key: str | None = None,
+                 timeout: float = 120.0) -> None:
+        import httpx
+
+        headers = {"api-key": api_key} if api_key else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, body: Any = None, *, text: str | None = None) -> Any:
+        """Send one request (``body`` as JSON, or ``text`` already encoded); the decoded
+        response, or the shoal exception its error body names."""
+        content = text if text is not None else (None if body is None else json.dumps(body))
+        response = self._http.request(method, path, content=content,
+                                      headers={"content-type": "application/json"})
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    def list_collections(self) -> list[str]:
+        return self.request("GET", "/collections")["collections"]
+
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
+                          ef_construction: int = 40) -> "RemoteCollection":
+        check_name(name)
+        dim = _validate.positive_int(dim, "dim")
+        _validate.metric_code(metric)
+        m = _validate.positive_int(m, "m", minimum=2)
+        ef_construction = _validate.positive_int(ef_construction, "ef_construction")
+        info = self.request("PUT", f"/collections/{name}", {
+            "dim": dim, "metric": metric, "m": m, "ef_construction": ef_construction})
+        return RemoteCollection(self, info)
+
+    def get_collection(self, name: str) -> "RemoteCollection":
+        check_name(name)
+        return RemoteCollection(self, self.request("GET", f"/collections/{name}"))
+
+    def drop_collection(self, name: str) -> None:
+        check_name(name)
+        self.request("DELETE", f"/collections/{name}")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+
+class RemoteCollection:
+    """A collection on a shoal server, with ``shoal.Collection``'s methods."""
+
+    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+        self._client = client
+        self.name = info["name"]
+        self.dim = int(info["dim"])
+        self.metric = info["metric"]
+        self.config = {k: info[k] for k in ("name", "dim", "metric", "m", "ef_construction")}
+        self._path = f"/collections/{self.name}"
+
+    def _vectors(self, vectors: Any, name: str) -> np.ndarray:
+        x, _ = _validate.vectors_and_norms(vectors, self.dim, name,
+                                           need_norms=self.metric == "cosine")
+        return x
+
+    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
+        keys = check_keys(ids)
+        x = self._vectors(vectors, "vectors")
+        if x.shape[0] != len(keys):
+            raise errors.InvalidArgumentError(
+                f"ids has {len(keys)} entries but vectors has {x.shape[0]} rows")
+        texts = encode_payloads(payloads, len(keys))
+        if not keys:
+            return
+        body = (f'{{"ids":{json.dumps(keys)},"vectors":{json.dumps(x.tolist())},'
+                f'"payloads":[{",".join(texts)}]}}')
+        self._client.request("PUT", f"{self._path}/points", text=body)
+
+    def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
+        keys = check_keys(ids)
+        points = self._client.request("POST", f"{self._path}/points/get",
+                                      {"ids": keys, "with_vector": bool(with_vector)})["points"]
+        for p in points:
+            if p is not None:
+                if p.get("vector") is not None:
+                    p["vector"] = np.array(p["vector"], np.float32)
+                elif not with_vector:
+                    p.pop("vector", None)
+        return points
+
+    def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
+        if (ids is None) == (filter is None):
+            raise errors.InvalidArgumentError("delete takes ids or filter (exactly one)")
+        body: dict[str, Any] = {"ids": check_keys(ids)} if ids is not None else {"filter": filter}
+        _check_filter(filter)
+        return int(self._client.request("POST", f"{self._path}/points/delete", body)["deleted"])
+
+    def count(self, filter: dict | None = None) -> int:
+        _check_filter(filter)
+        return int(self._client.request("POST", f"{self._path}/points/count", {"filter": filter})["count"])
+
+    def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
+               with_payload: bool = True, with_vector: bool = False,
+               num_threads: int | None = None) -> list[Hit] | list[list[Hit]]:
+        """As ``shoal.Collection.search`` (``num_threads`` is the server's to choose)."""
+        k, _ = _validate.k_and_ef(k, ef, DEFAULT_EF)
+        one = np.ndim(queries) == 1
+        x = self._vectors(queries, "queries")
+        _check_filter(filter)
+        field = f'"vector":{json.dumps(x[0].tolist())}' if one else f'"vectors":{json.dumps(x.tolist())}'
+        opts = json.dumps({"k": k, "ef": ef, "filter": filter, "with_payload": bool(with_payload),
+                           "with_vector": bool(with_vector)})
+        got = self._client.request("POST", f"{self._path}/search", text=f"{{{field},{opts[1:]}")
+        rows = [got["hits"]] if one else got["results"]
+        metric = self.metric
+        out = [[Hit(h["id"], h["distance"], metric, h.get("payload"),
+                    None if h.get("vector") is None else np.array(h["vector"], np.float32))
+                for h in row] for row in rows]
+        return out[0] if one else out
+
+    def compact(self) -> None:
+        self._client.request("POST", f"{self._path}/compact")
+
+    def create_payload_index(self, field: str) -> None:
+        self._client.request("POST", f"{self._path}/payload-index", {"field": field})
+
+    def stats(self) -> dict[str, Any]:
+        return self._client.request("GET", self._path)
+
+    def flush(self) -> None:
+        """Writes are durable on the server when they return; nothing to do."""
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __repr__(self) -> str:
+        return f"RemoteCollection({self.name!r}, dim={self.dim}, metric={self.metric!r})"
