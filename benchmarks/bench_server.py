@@ -2,7 +2,8 @@
 
 A collection of the dataset's base vectors (with payloads) is built embedded and closed; a real
 `shoal serve` process then serves it on a free port of 127.0.0.1, and ``shoal.Client`` sends
-the 1,000 queries as one batch request (JSON both ways). The embedded figure is the same
+the 1,000 queries as one batch request (JSON both ways; the vectors as lists of numbers, or as
+base64 float32 inside the JSON). The embedded figure is the same
 database opened read-only in this process, the same batch call. Medians of ``--reps`` runs.
 
     .venv/bin/python benchmarks/bench_server.py [--dataset DIR] [--out DIR]
@@ -61,13 +62,14 @@ def main(argv=None) -> int:
                 time.sleep(0.1)
         rows, lines = [], [f"Dataset {Path(args.dataset).name}: {n:,} vectors; {len(ds.queries):,} queries "
                            "as one batch, k=10.", "",
-                           "| with_payload | embedded QPS | HTTP QPS | HTTP / embedded | recall@10 (HTTP) |",
-                           "|---|---|---|---|---|"]
+                           "| vectors sent as | with_payload | embedded QPS | HTTP QPS | HTTP / embedded | recall@10 (HTTP) |",
+                           "|---|---|---|---|---|---|"]
         local = shoal.open(tmp, read_only=True)
-        client = shoal.Client(url)
+        clients = {enc: shoal.Client(url, vector_encoding=enc) for enc in ("json", "base64")}
         try:
-            lcol, rcol = local.get_collection("wordnet"), client.get_collection("wordnet")
-            for with_payload in (False, True):
+            lcol = local.get_collection("wordnet")
+            for (enc, client), with_payload in [(c, p) for c in clients.items() for p in (False, True)]:
+                rcol = client.get_collection("wordnet")
                 lcol.search(ds.queries[:10], k=10)
                 rcol.search(ds.queries[:10], k=10)
                 emb = median_time(lambda: lcol.search(ds.queries, k=10, with_payload=with_payload), args.reps)
@@ -76,14 +78,16 @@ def main(argv=None) -> int:
                 import numpy as np
 
                 ids = np.array([[h.id for h in r] + [-1] * (10 - len(r)) for r in found])
-                row = {"with_payload": with_payload, "embedded_qps": len(ds.queries) / emb,
+                row = {"encoding": enc, "with_payload": with_payload, "embedded_qps": len(ds.queries) / emb,
                        "http_qps": len(ds.queries) / http, "ratio": emb / http,
                        "recall": recall_at_k(ids, ds.gt)}
                 rows.append(row)
-                lines.append(f"| {with_payload} | {row['embedded_qps']:,.0f} | {row['http_qps']:,.0f} | "
+                lines.append(f"| {'lists of numbers' if enc == 'json' else 'base64 float32'} | "
+                             f"{with_payload} | {row['embedded_qps']:,.0f} | {row['http_qps']:,.0f} | "
                              f"{row['ratio']:.2f}x | {row['recall']:.3f} |")
         finally:
-            client.close()
+            for client in clients.values():
+                client.close()
             local.close()
     finally:
         if proc is not None:

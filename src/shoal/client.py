@@ -14,10 +14,11 @@ bodies back into the same exception classes.
 
 from __future__ import annotations
 
-import json
+import base64
 from typing import Any
 
 import numpy as np
+import orjson
 
 from shoal import _validate, errors
 from shoal.db.collection import Hit
@@ -56,22 +57,28 @@ class Client:
     does; close it (or use ``with``)."""
 
     def __init__(self, url: str = "http://127.0.0.1:6333", *, api_key: str | None = None,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, vector_encoding: str = "base64") -> None:
+        """``vector_encoding``: how vectors travel inside the JSON bodies: ``"base64"`` (float32
+        bytes, 3x less to send and parse) or ``"json"`` (lists of numbers)."""
         import httpx
 
+        if vector_encoding not in ("base64", "json"):
+            raise errors.InvalidArgumentError(
+                f"vector_encoding must be 'base64' or 'json', got {vector_encoding!r}")
+        self.vector_encoding = vector_encoding
         headers = {"api-key": api_key} if api_key else {}
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, *, text: str | None = None) -> Any:
-        """Send one request (``body`` as JSON, or ``text`` already encoded); the decoded
-        response, or the shoal exception its error body names."""
-        content = text if text is not None else (None if body is None else json.dumps(body))
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one request (``body`` as JSON; numpy arrays allowed); the decoded response, or
+        the shoal exception its error body names."""
+        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         response = self._http.request(method, path, content=content,
                                       headers={"content-type": "application/json"})
         if response.status_code >= 400:
             raise _error(response)
-        return response.json()
+        return orjson.loads(response.content)
 
     def list_collections(self) -> list[str]:
         return self.request("GET", "/collections")["collections"]
@@ -124,6 +131,11 @@ class RemoteCollection:
                                            need_norms=self.metric == "cosine")
         return x
 
+    def _encoded(self, x: np.ndarray) -> dict[str, Any]:
+        if self._client.vector_encoding == "json":
+            return {"vectors": x}
+        return {"vectors_base64": base64.b64encode(x.astype("<f4").tobytes()).decode("ascii")}
+
     def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
         keys = check_keys(ids)
         x = self._vectors(vectors, "vectors")
@@ -133,9 +145,8 @@ class RemoteCollection:
         texts = encode_payloads(payloads, len(keys))
         if not keys:
             return
-        body = (f'{{"ids":{json.dumps(keys)},"vectors":{json.dumps(x.tolist())},'
-                f'"payloads":[{",".join(texts)}]}}')
-        self._client.request("PUT", f"{self._path}/points", text=body)
+        body = {"ids": keys, **self._encoded(x), "payloads": [orjson.Fragment(t) for t in texts]}
+        self._client.request("PUT", f"{self._path}/points", body)
 
     def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
         keys = check_keys(ids)
@@ -168,10 +179,9 @@ class RemoteCollection:
         one = np.ndim(queries) == 1
         x = self._vectors(queries, "queries")
         _check_filter(filter)
-        field = f'"vector":{json.dumps(x[0].tolist())}' if one else f'"vectors":{json.dumps(x.tolist())}'
-        opts = json.dumps({"k": k, "ef": ef, "filter": filter, "with_payload": bool(with_payload),
-                           "with_vector": bool(with_vector)})
-        got = self._client.request("POST", f"{self._path}/search", text=f"{{{field},{opts[1:]}")
+        body = {**({"vector": x[0]} if one else self._encoded(x)), "k": k, "ef": ef, "filter": filter,
+                "with_payload": bool(with_payload), "with_vector": bool(with_vector)}
+        got = self._client.request("POST", f"{self._path}/search", body)
         rows = [got["hits"]] if one else got["results"]
         metric = self.metric
         out = [[Hit(h["id"], h["distance"], metric, h.get("payload"),

@@ -25,6 +25,8 @@ they get 401, and the read-only key gets 403 on writes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import json
@@ -32,9 +34,11 @@ import os
 from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoal import errors
 from shoal.db.database import Database, check_name, open_database
@@ -75,9 +79,14 @@ class CollectionList(BaseModel):
     collections: list[str]
 
 
+_B64_DOC = ("the vectors as base64 of row-major little-endian float32 (n x dim), instead of "
+            "vectors: about 3x less to send and to parse than lists of numbers")
+
+
 class UpsertPoints(_Model):
     ids: list[Key] = Field(max_length=100_000)
-    vectors: list[list[float]]
+    vectors: Optional[list[list[float]]] = None
+    vectors_base64: Optional[str] = Field(None, description=_B64_DOC)
     payloads: Optional[list[Optional[dict[str, Any]]]] = None
 
 
@@ -120,6 +129,7 @@ class Upserted(BaseModel):
 class Search(_Model):
     vector: Optional[list[float]] = None
     vectors: Optional[list[list[float]]] = Field(None, max_length=10_000)
+    vectors_base64: Optional[str] = Field(None, description=_B64_DOC)
     k: int = Field(10, ge=1, le=10_000)
     ef: Optional[int] = Field(None, ge=1, le=100_000)
     filter: Optional[dict[str, Any]] = None
@@ -167,7 +177,32 @@ def _error_response(exc: errors.ShoalError) -> JSONResponse:
 
 
 def _json(obj: Any) -> Response:
-    return Response(json.dumps(obj, separators=(",", ":")), media_type="application/json")
+    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+def _fast_body(model: type[BaseModel]) -> tuple[Any, dict[str, Any]]:
+    """A dependency that validates the JSON body as ``model`` straight from its bytes
+    (pydantic's parser: 3-4x faster than decoding to Python objects first, which matters for
+    batches of vectors), and the OpenAPI ``requestBody`` that documents it."""
+
+    async def parse(request: Request) -> BaseModel:
+        raw = await request.body()
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            details = exc.errors(include_url=False, include_context=False)
+            for d in details:
+                d["loc"] = ("body", *d["loc"])
+                d.pop("input", None)
+            raise RequestValidationError(details) from None
+
+    schema = model.model_json_schema()
+    return parse, {"requestBody": {"required": True,
+                                   "content": {"application/json": {"schema": schema}}}}
+
+
+_UPSERT_BODY, _UPSERT_DOC = _fast_body(UpsertPoints)
+_SEARCH_BODY, _SEARCH_DOC = _fast_body(Search)
 
 
 class _BodyLimit:
@@ -270,10 +305,11 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
         db.drop_collection(name)
         return {"ok": True}
 
-    @app.put("/collections/{name}/points", response_model=Upserted, dependencies=writer)
-    def upsert(name: Name, body: UpsertPoints) -> Any:
+    @app.put("/collections/{name}/points", response_model=Upserted, dependencies=writer,
+             openapi_extra=_UPSERT_DOC)
+    def upsert(name: Name, body: UpsertPoints = Depends(_UPSERT_BODY)) -> Any:
         col = db.get_collection(name)
-        col.upsert(body.ids, _matrix(body.vectors, col.dim, "vectors"), body.payloads)
+        col.upsert(body.ids, _vectors(body, col.dim), body.payloads)
         return {"upserted": len(body.ids)}
 
     @app.post("/collections/{name}/points/get", response_model=Points, dependencies=reader)
@@ -292,20 +328,19 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
     def count_points(name: Name, body: CountPoints) -> Any:
         return {"count": db.get_collection(name).count(body.filter)}
 
-    @app.post("/collections/{name}/search", response_model=SearchResult, dependencies=reader)
-    def search(name: Name, body: Search) -> Any:
-        if (body.vector is None) == (body.vectors is None):
-            raise errors.InvalidArgumentError("search takes vector or vectors (exactly one)")
+    @app.post("/collections/{name}/search", response_model=SearchResult, dependencies=reader,
+              openapi_extra=_SEARCH_DOC)
+    def search(name: Name, body: Search = Depends(_SEARCH_BODY)) -> Any:
+        if sum(v is not None for v in (body.vector, body.vectors, body.vectors_base64)) != 1:
+            raise errors.InvalidArgumentError("search takes vector, vectors or vectors_base64 (exactly one)")
         col = db.get_collection(name)
-        batch = body.vectors is not None
-        queries = _matrix(body.vectors, col.dim, "vectors") if batch else \
-            np.array(body.vector, np.float32)
-        found = col.search(queries, body.k, filter=body.filter, ef=body.ef,
-                           with_payload=body.with_payload, with_vector=body.with_vector)
-        rows = found if batch else [found]
-        out = [[{"id": h.id, "score": h.score, "distance": h.distance, "payload": h.payload,
-                 "vector": None if h.vector is None else h.vector.tolist()} for h in row]
-               for row in rows]
+        batch = body.vector is None
+        queries = _vectors(body, col.dim) if batch else np.array(body.vector, np.float32)
+        rows = col.search_rows(queries, body.k, filter=body.filter, ef=body.ef,
+                               with_payload=body.with_payload, with_vector=body.with_vector)
+        sign, offset = (-1.0, 0.0) if col.metric == "l2" else (-1.0, 1.0)  # Hit.score
+        out = [[{"id": key, "score": offset + sign * d, "distance": d, "payload": payload,
+                 "vector": vector} for key, d, payload, vector in row] for row in rows]
         return _json({"results": out} if batch else {"hits": out[0]})
 
     @app.post("/collections/{name}/compact", response_model=Done, dependencies=writer)
@@ -329,6 +364,22 @@ def _matrix(rows: list[list[float]], dim: int, name: str) -> np.ndarray:
         return np.array(rows, np.float32)
     except ValueError:
         raise errors.InvalidArgumentError(f"{name} must be rows of equal length") from None
+
+
+def _vectors(body: Any, dim: int) -> np.ndarray:
+    """The request's vectors, from ``vectors`` or ``vectors_base64`` (exactly one)."""
+    if (body.vectors is None) == (body.vectors_base64 is None):
+        raise errors.InvalidArgumentError("give vectors or vectors_base64 (exactly one)")
+    if body.vectors is not None:
+        return _matrix(body.vectors, dim, "vectors")
+    try:
+        raw = base64.b64decode(body.vectors_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.InvalidArgumentError("vectors_base64 is not valid base64") from None
+    if len(raw) % (4 * dim):
+        raise errors.DimensionMismatchError(
+            f"vectors_base64 holds {len(raw)} bytes, not a whole number of {dim}-d float32 rows")
+    return np.frombuffer(raw, "<f4").reshape(-1, dim).astype(np.float32)
 
 
 def _info(col: Any) -> dict[str, Any]:

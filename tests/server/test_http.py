@@ -58,6 +58,12 @@ def test_request_validation_names_the_field(live_server):
         assert r.status_code == 400 and "equal length" in r.json()["error"]["message"]
         r = http.post("/collections/c/search", json={"vector": [1, 0], "k": 1})
         assert r.status_code == 400 and r.json()["error"]["type"] == "DimensionMismatchError"
+        r = http.post("/collections/c/search", json={"vectors_base64": "not base64!"})
+        assert r.status_code == 400 and "base64" in r.json()["error"]["message"]
+        r = http.post("/collections/c/search", json={"vectors_base64": "AAAAAAAAAAA="})  # 8 bytes
+        assert r.status_code == 400 and r.json()["error"]["type"] == "DimensionMismatchError"
+        r = http.post("/collections/c/search", json={"vector": [1, 0, 0], "vectors": [[1, 0, 0]]})
+        assert r.status_code == 400 and "exactly one" in r.json()["error"]["message"]
         r = http.post("/collections/c/search", json={"vector": [1, 0, 0], "filter": {"a": {"$x": 1}}})
         assert r.status_code == 400 and r.json()["error"]["type"] == "FilterError"
         assert http.get("/collections/..%2F..%2Fetc").status_code in (404, 422)

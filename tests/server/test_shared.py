@@ -69,19 +69,21 @@ def test_same_results_embedded_and_remote(tmp_path, live_server):
     q = vectors(20, dim=16, seed=3)
     payloads = [{"even": i % 2 == 0} for i in range(500)]
     local = shoal.open(tmp_path / "local")
-    remote = shoal.Client(live_server().url)
+    remote = shoal.Client(live_server().url)                               # vectors as base64
+    remote_json = shoal.Client(live_server().url, vector_encoding="json")  # as lists of numbers
     try:
         results = []
-        for db in (local, remote):
+        for db in (local, remote, remote_json):
             col = db.create_collection("c", dim=16, metric="ip")
             for lo in range(0, 500, 100):
                 col.upsert(list(range(lo, lo + 100)), x[lo:lo + 100], payloads[lo:lo + 100])
             found = col.search(q, k=10, ef=64, filter={"even": True})
             results.append([[(h.id, round(h.distance, 4)) for h in row] for row in found])
-        assert results[0] == results[1]
+        assert results[0] == results[1] == results[2]
     finally:
         local.close()
         remote.close()
+        remote_json.close()
 
 
 def test_bad_input_raises_the_same_typed_errors(database):

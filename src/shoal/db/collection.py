@@ -163,6 +163,11 @@ class Collection:
             self._remove_orphans({s.file for s in segments})
         self._snap = _Snapshot(tuple(segments))
         self._logged_rows = 0
+        # Integer keys by row id, for turning search results into ids without SQLite:
+        # (keys int64, known uint8) replaced together, grown by copying.
+        self._keys: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        uids, keys = self._store.int_keys()
+        self._remember_keys(uids, keys)
         self._replay()
 
     @staticmethod
@@ -192,6 +197,7 @@ class Collection:
                 if not self.read_only:
                     self._store.upsert(keys, uids, payloads)
                 self._insert(uids, x)
+                self._remember_int_keys(uids, keys)
                 self._next_uid = max(self._next_uid, int(uids.max()) + 1)
             elif rec.kind == DELETE and not self.read_only:
                 self._store.delete_uids(np.frombuffer(rec.payload, "<i8"))
@@ -225,6 +231,7 @@ class Collection:
             self._wal.append(UPSERT, _encode_upsert(uids, keys, texts, x), sync=self._sync)
             self._next_uid += len(keys)
             replaced = self._store.upsert(keys, uids, texts)
+            self._remember_int_keys(uids, keys)
             self._insert(uids, x)
             self._kill(replaced[replaced >= 0])
             self._maintain()
@@ -247,6 +254,28 @@ class Collection:
             self._kill(uids)
             self._maintain()
         return int(uids.size)
+
+    def _remember_int_keys(self, uids: np.ndarray, keys: list[Key]) -> None:
+        ints = np.fromiter((type(k) is int for k in keys), bool, len(keys))
+        if ints.any():
+            self._remember_keys(uids[ints], np.array([k for k in keys if type(k) is int], np.int64))
+
+    def _remember_keys(self, uids: np.ndarray, keys: np.ndarray) -> None:
+        """Record integer ``keys`` of row ids ``uids`` (before the rows are published)."""
+        if uids.size == 0:
+            return
+        key_of, known = self._keys
+        need = int(uids.max()) + 1
+        if need > key_of.size:
+            size = max(need, 2 * key_of.size, 1024)
+            grown_keys = np.zeros(size, np.int64)
+            grown_keys[: key_of.size] = key_of
+            grown_known = np.zeros(size, np.uint8)
+            grown_known[: known.size] = known
+            key_of, known = grown_keys, grown_known
+        key_of[uids] = keys
+        known[uids] = 1
+        self._keys = (key_of, known)
 
     def _insert(self, uids: np.ndarray, x: np.ndarray) -> None:
         """Link rows into the active segment (started if there is none) and publish them."""
@@ -448,8 +477,18 @@ class Collection:
                num_threads: int | None = None) -> list[Hit] | list[list[Hit]]:
         """The ``k`` nearest points of one query (a list of ``Hit``) or of each query of a
         batch (a list of lists), among the points matching ``filter``."""
+        rows = self.search_rows(queries, k, filter=filter, ef=ef, with_payload=with_payload,
+                                with_vector=with_vector, num_threads=num_threads)
+        metric = self.metric
+        hits = [[Hit(key, d, metric, payload, vector) for key, d, payload, vector in row] for row in rows]
+        return hits[0] if np.ndim(queries) == 1 else hits
+
+    def search_rows(self, queries: Any, k: int = 10, *, filter: dict | None = None,
+                    ef: int | None = None, with_payload: bool = True, with_vector: bool = False,
+                    num_threads: int | None = None) -> list[list[tuple]]:
+        """``search`` as plain tuples ``(id, distance, payload, vector)``, one list per query
+        (a 1-D query is a batch of one): for callers that serialise results (the server)."""
         k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
-        one = np.ndim(queries) == 1
         q = _validate.vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         allowed = None if filter is None else self._store.uids_where(filter)
         snap = self._snap
@@ -476,20 +515,32 @@ class Collection:
             order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
             top_u = np.take_along_axis(all_u, order, 1)
             top_d = np.take_along_axis(all_d, order, 1)
-        hits = self._hits(snap, top_u, top_d, with_payload, with_vector)
-        return hits[0] if one else hits
+        return self._rows(snap, top_u, top_d, with_payload, with_vector)
 
-    def _hits(self, snap, top_u, top_d, with_payload, with_vector) -> list[list[Hit]]:
-        info = self._store.keys_of(np.unique(top_u[top_u >= 0]), payloads=with_payload)
-        metric = self.metric
+    def _rows(self, snap, top_u, top_d, with_payload, with_vector) -> list[list[tuple]]:
+        """(id, distance, payload, vector) of result row ids: integer keys come from memory,
+        string keys and payloads from the payload store."""
+        key_of, known = self._keys
+        n = known.size
+        clipped = np.clip(top_u, 0, max(n - 1, 0))
+        is_int = (top_u >= 0) & (top_u < n) & (known[clipped] == 1) if n else np.zeros(top_u.shape, bool)
+        lookup = top_u[(top_u >= 0) & (~is_int | with_payload)]
+        info = self._store.keys_of(np.unique(lookup), payloads=with_payload) if lookup.size else {}
+        int_keys = key_of[clipped].tolist() if n else None
         out = []
-        for us, ds in zip(top_u.tolist(), top_d.tolist()):
+        for i, (us, ds) in enumerate(zip(top_u.tolist(), top_d.tolist())):
             row = []
-            for u, d in zip(us, ds):
-                found = info.get(u)  # None: padding, or deleted since the snapshot
-                if found is not None:
-                    row.append(Hit(found[0], d, metric, found[1],
-                                   self._vector_of(snap, u) if with_vector else None))
+            for j, (u, d) in enumerate(zip(us, ds)):
+                if u < 0:
+                    continue
+                if is_int[i, j] and not with_payload:
+                    key, payload = int_keys[i][j], None
+                else:
+                    found = info.get(u)  # None: deleted since the snapshot
+                    if found is None:
+                        continue
+                    key, payload = found
+                row.append((key, d, payload, self._vector_of(snap, u) if with_vector else None))
             out.append(row)
         return out
 

@@ -272,6 +272,12 @@ class PayloadStore:
                     found[uid] = (key, None)
         return found
 
+    def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uids, keys) int64 of every point whose key is an integer."""
+        rows = self._reader().execute("SELECT uid, key FROM points WHERE typeof(key) = 'integer'").fetchall()
+        arr = np.array(rows, np.int64).reshape(-1, 2)
+        return arr[:, 0].copy(), arr[:, 1].copy()
+
     def uids_where(self, flt: dict | None = None, *, for_write: bool = False) -> np.ndarray:
         """Sorted uids of the points matching a filter (all points without one)."""
         con = self._db if for_write else self._reader()
