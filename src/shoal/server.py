@@ -335,7 +335,8 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
             raise errors.InvalidArgumentError("search takes vector, vectors or vectors_base64 (exactly one)")
         col = db.get_collection(name)
         batch = body.vector is None
-        queries = _vectors(body, col.dim) if batch else np.array(body.vector, np.float32)
+        with np.errstate(over="ignore"):  # out of float32 range: inf, refused as not finite
+            queries = _vectors(body, col.dim) if batch else np.array(body.vector, np.float32)
         rows = col.search_rows(queries, body.k, filter=body.filter, ef=body.ef,
                                with_payload=body.with_payload, with_vector=body.with_vector)
         sign, offset = (-1.0, 0.0) if col.metric == "l2" else (-1.0, 1.0)  # Hit.score
@@ -361,7 +362,8 @@ def _matrix(rows: list[list[float]], dim: int, name: str) -> np.ndarray:
     if not rows:
         return np.zeros((0, dim), np.float32)
     try:
-        return np.array(rows, np.float32)
+        with np.errstate(over="ignore"):  # out of float32 range: inf, refused as not finite
+            return np.array(rows, np.float32)
     except ValueError:
         raise errors.InvalidArgumentError(f"{name} must be rows of equal length") from None
 
