@@ -24,6 +24,15 @@ from shoal.index import Index
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``shoal.ray`` imports Ray only when first used (``pip install 'shoal[ray]'``)."""
+    if name == "ray":
+        import importlib
+
+        return importlib.import_module("shoal.ray")
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+
 __all__ = [
     "AuthenticationError",
     "Client",

@@ -1,0 +1,334 @@
+"""Sharded collections on Ray (``pip install 'shoal[ray]'``): the collection API, with each
+shard an ordinary shoal collection owned by a Ray actor on its node's disk.
+
+    import ray, shoal, shoal.ray
+    ray.init()
+    docs = shoal.ray.create_collection("docs", dim=384, shards=8, path="/data/shoal")
+    docs.upsert(ids, vectors, payloads)      # routed by a hash of the id, one call per shard
+    docs.search(q, k=10, filter={...})       # every shard answers the full k; merged by distance
+    docs = shoal.ray.open_collection("docs", path="/data/shoal")   # after a restart
+
+Writes are acknowledged only once every shard they touch has appended them to its
+write-ahead log (fsynced). Actors restart after a crash (``max_restarts``) and reopen their
+shard from disk; the driver retries calls that failed while an actor was down. A shard that
+stays down makes ``search`` raise ``ShardUnavailableError``, or, with ``allow_partial=True``,
+return what the others found with ``results.missing_shards`` naming the absent ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+from shoal import _validate, errors
+from shoal.db.collection import Hit
+from shoal.db.database import check_name
+from shoal.db.filters import compile_filter
+from shoal.db.payloads import Key, check_keys, encode_payloads
+from shoal.index import DEFAULT_EF
+
+#: How often and how long the driver retries a call whose actor died (it restarts meanwhile).
+RETRIES = 8
+RETRY_WAIT_S = 0.5
+#: How long creating or opening a collection waits for its shards' actors to start.
+START_TIMEOUT_S = 120.0
+
+
+class ShardUnavailableError(errors.ShoalError):
+    """A shard's actor stayed down through the driver's retries."""
+
+    http_status = 503
+
+
+class SearchResults(list):
+    """Search results (a list as ``Collection.search`` returns) with ``missing_shards``: the
+    shards that did not answer (only ever non-empty with ``allow_partial=True``)."""
+
+    missing_shards: list[int]
+
+
+def shard_of(key: Key, shards: int) -> int:
+    """The shard of a key: a stable hash (the same in every process and run)."""
+    tag = f"i:{key}" if isinstance(key, int) else f"s:{key}"
+    return int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "little") % shards
+
+
+class _Shard:
+    """A Ray actor: one shard, an ordinary collection in ``path`` (a database directory)."""
+
+    def __init__(self, path: str, name: str, config: dict[str, Any]) -> None:
+        import shoal
+
+        self.db = shoal.open(path)
+        if name in self.db.list_collections():
+            self.col = self.db.get_collection(name)
+        else:
+            self.col = self.db.create_collection(name, config["dim"], config["metric"], m=config["m"],
+                                                 ef_construction=config["ef_construction"])
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def upsert(self, ids: list, vectors: np.ndarray, payloads: list) -> int:
+        self.col.upsert(ids, vectors, payloads)
+        return len(ids)
+
+    def delete(self, ids: list | None, flt: dict | None) -> int:
+        return self.col.delete(ids, filter=flt)
+
+    def count(self, flt: dict | None) -> int:
+        return self.col.count(flt)
+
+    def get(self, ids: list, with_vector: bool) -> list:
+        return self.col.get(ids, with_vector=with_vector)
+
+    def search_rows(self, queries: np.ndarray, k: int, flt: dict | None, ef: int | None,
+                    with_payload: bool, with_vector: bool) -> list:
+        return self.col.search_rows(queries, k, filter=flt, ef=ef, with_payload=with_payload,
+                                    with_vector=with_vector)
+
+    def compact(self) -> None:
+        self.col.compact()
+
+    def stats(self) -> dict:
+        return self.col.stats()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _meta_path(path: str, name: str) -> str:
+    return os.path.join(path, name, "sharded.json")
+
+
+def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: int, path: str,
+                      m: int = 16, ef_construction: int = 40, max_restarts: int = -1,
+                      num_cpus: float = 0) -> "ShardedCollection":
+    """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in
+    ``shard-NNN``, on the disk of the node its actor runs on)."""
+    check_name(name)
+    config = {"name": name, "dim": _validate.positive_int(dim, "dim"), "metric": metric,
+              "m": _validate.positive_int(m, "m", minimum=2),
+              "ef_construction": _validate.positive_int(ef_construction, "ef_construction"),
+              "shards": _validate.positive_int(shards, "shards")}
+    _validate.metric_code(metric)
+    meta = _meta_path(os.fspath(path), name)
+    if os.path.exists(meta):
+        raise errors.CollectionExistsError(f"sharded collection {name!r} already exists at {path}")
+    os.makedirs(os.path.dirname(meta), exist_ok=True)
+    with open(meta + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(config, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(meta + ".tmp", meta)
+    return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus)
+
+
+def open_collection(name: str, *, path: str, max_restarts: int = -1,
+                    num_cpus: float = 0) -> "ShardedCollection":
+    """Reattach to a sharded collection (after a restart of the driver or of Ray)."""
+    check_name(name)
+    try:
+        with open(_meta_path(os.fspath(path), name), encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise errors.CollectionNotFoundError(f"no sharded collection {name!r} at {path}") from None
+    return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus)
+
+
+class ShardedCollection:
+    """A collection split over Ray actors by a hash of the id; ``shoal.Collection``'s methods."""
+
+    def __init__(self, path: str, config: dict[str, Any], *, max_restarts: int, num_cpus: float) -> None:
+        self.path = path
+        self.config = config
+        self.name = config["name"]
+        self.dim = int(config["dim"])
+        self.metric = config["metric"]
+        self.shards = int(config["shards"])
+        # num_cpus=0 by default: an actor would hold its CPUs for its whole life, and shards
+        # spend most of it waiting; SPREAD places them on different nodes when there are some.
+        actor = ray.remote(_Shard).options(max_restarts=max_restarts, max_task_retries=0,
+                                           num_cpus=num_cpus, scheduling_strategy="SPREAD")
+        self._actors = [actor.remote(os.path.join(path, self.name, f"shard-{i:03d}"), self.name, config)
+                        for i in range(self.shards)]
+        ready, waiting = ray.wait([a.pid.remote() for a in self._actors], num_returns=self.shards,
+                                  timeout=START_TIMEOUT_S)
+        if waiting:
+            for a in self._actors:
+                ray.kill(a)
+            raise ShardUnavailableError(
+                f"{len(waiting)} of {self.shards} shards of {self.name!r} did not start within "
+                f"{START_TIMEOUT_S:.0f} s (not enough resources for num_cpus={num_cpus}?)")
+        ray.get(ready)  # raises a shard's own error (a damaged shard, say)
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, shard: int, method: str, *args: Any) -> Any:
+        """One call, retried while the shard's actor restarts."""
+        return self._gather({shard: (method, args)})[shard]
+
+    def _call_all(self, method: str, *args: Any) -> list[Any]:
+        got = self._gather({i: (method, args) for i in range(self.shards)})
+        return [got[i] for i in range(self.shards)]
+
+    def _gather(self, calls: dict[int, tuple[str, tuple]], allow_partial: bool = False) -> dict[int, Any]:
+        """Send ``calls`` {shard: (method, args)} at once; retry the ones that failed because an
+        actor died; raise ``ShardUnavailableError`` (or, with ``allow_partial``, leave them out)."""
+        results: dict[int, Any] = {}
+        pending = dict(calls)
+        for attempt in range(RETRIES + 1):
+            refs = {i: getattr(self._actors[i], m).remote(*a) for i, (m, a) in pending.items()}
+            failed = {}
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    failed[i] = pending[i]
+                except ray.exceptions.RayTaskError as exc:  # the shard raised: re-raise its error
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    raise cause from None
+            if not failed:
+                return results
+            pending = failed
+            if attempt < RETRIES:
+                time.sleep(RETRY_WAIT_S * (attempt + 1))
+        if allow_partial:
+            return results
+        raise ShardUnavailableError(f"shards {sorted(pending)} of {self.name!r} did not answer")
+
+    def _route(self, keys: list[Key]) -> dict[int, list[int]]:
+        by_shard: dict[int, list[int]] = {}
+        for pos, key in enumerate(keys):
+            by_shard.setdefault(shard_of(key, self.shards), []).append(pos)
+        return by_shard
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
+        """Insert or replace points; returns once every shard has them in its fsynced log."""
+        keys = check_keys(ids)
+        x, _ = _validate.vectors_and_norms(vectors, self.dim, "vectors", need_norms=self.metric == "cosine")
+        if x.shape[0] != len(keys):
+            raise errors.InvalidArgumentError(f"ids has {len(keys)} entries but vectors has {x.shape[0]} rows")
+        encode_payloads(payloads, len(keys))  # checks them here, with the embedded errors
+        pays = [None] * len(keys) if payloads is None else list(payloads)
+        calls = {s: ("upsert", ([keys[p] for p in pos], x[pos], [pays[p] for p in pos]))
+                 for s, pos in self._route(keys).items()}
+        self._gather(calls)
+
+    def import_arrays(self, vectors: Any, ids: Any = None, payloads: Any = None, *,
+                      batch_size: int = 10_000, progress: bool = True) -> int:
+        """Bulk import: batches go to all shards at once, which build in parallel."""
+        x = np.asarray(vectors)
+        n = x.shape[0]
+        keys = list(range(n)) if ids is None else check_keys(ids)
+        if len(keys) != n:
+            raise errors.InvalidArgumentError(f"ids has {len(keys)} entries but vectors has {n} rows")
+        batch_size = _validate.positive_int(batch_size, "batch_size")
+        bar = None
+        if progress:
+            from rich.progress import Progress
+
+            bar = Progress(transient=True)
+            bar.start()
+            task = bar.add_task(f"import into {self.name}", total=n)
+        try:
+            for lo in range(0, n, batch_size):
+                hi = min(lo + batch_size, n)
+                self.upsert(keys[lo:hi], x[lo:hi], None if payloads is None else payloads[lo:hi])
+                if bar is not None:
+                    bar.update(task, advance=hi - lo)
+        finally:
+            if bar is not None:
+                bar.stop()
+        return n
+
+    def import_parquet(self, file: str, *, id_field: str = "id", vector_field: str = "vector",
+                       batch_size: int = 10_000) -> int:
+        """Bulk import from Parquet (a vector column, an optional id column, payload columns)."""
+        from pathlib import Path
+
+        from shoal.cli import _batches_parquet
+
+        _, batches = _batches_parquet(Path(file), batch_size, id_field, vector_field)
+        done = 0
+        for keys, x, pays in batches:
+            self.upsert(keys, x, pays)
+            done += len(keys)
+        return done
+
+    def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
+        if (ids is None) == (filter is None):
+            raise errors.InvalidArgumentError("delete takes ids or filter (exactly one)")
+        if ids is not None:
+            keys = check_keys(ids)
+            calls = {s: ("delete", ([keys[p] for p in pos], None)) for s, pos in self._route(keys).items()}
+            return int(sum(self._gather(calls).values()))
+        compile_filter(filter)
+        return int(sum(self._call_all("delete", None, filter)))
+
+    def compact(self) -> None:
+        self._call_all("compact")
+
+    # ------------------------------------------------------------------ reads
+    def count(self, filter: dict | None = None) -> int:
+        if filter is not None:
+            compile_filter(filter)
+        return int(sum(self._call_all("count", filter)))
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
+        keys = check_keys(ids)
+        routed = self._route(keys)
+        got = self._gather({s: ("get", ([keys[p] for p in pos], with_vector)) for s, pos in routed.items()})
+        out: list[dict | None] = [None] * len(keys)
+        for s, pos in routed.items():
+            for p, rec in zip(pos, got[s]):
+                out[p] = rec
+        return out
+
+    def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
+               with_payload: bool = True, with_vector: bool = False, num_threads: int | None = None,
+               allow_partial: bool = False) -> SearchResults:
+        """Every shard answers the full ``k`` for the whole batch (one call each); the lists are
+        merged by distance."""
+        k, _ = _validate.k_and_ef(k, ef, DEFAULT_EF)
+        one = np.ndim(queries) == 1
+        q = _validate.vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
+        if filter is not None:
+            compile_filter(filter)
+        args = (q, k, filter, ef, with_payload, with_vector)
+        got = self._gather({i: ("search_rows", args) for i in range(self.shards)}, allow_partial)
+        rows = [sorted((hit for part in got.values() for hit in part[r]), key=lambda h: h[1])[:k]
+                for r in range(q.shape[0])]
+        hits = [[Hit(key, d, self.metric, payload, vector) for key, d, payload, vector in row] for row in rows]
+        out = SearchResults(hits[0] if one else hits)
+        out.missing_shards = sorted(set(range(self.shards)) - set(got))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        per = self._call_all("stats")
+        return {"name": self.name, "shards": self.shards, "count": sum(s["count"] for s in per),
+                "per_shard": per}
+
+    def actor_pids(self) -> list[int]:
+        """Process ids of the shard actors (for operations and tests)."""
+        return self._call_all("pid")
+
+    def close(self) -> None:
+        """Close the shards' databases and stop their actors."""
+        try:
+            self._call_all("close")
+        finally:
+            for a in self._actors:
+                ray.kill(a)
+
+    def __repr__(self) -> str:
+        return f"ShardedCollection({self.name!r}, dim={self.dim}, shards={self.shards})"
