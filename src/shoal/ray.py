@@ -53,10 +53,34 @@ class SearchResults(list):
     missing_shards: list[int]
 
 
+_MASK = (1 << 64) - 1
+
+
+def _mix64(v: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over uint64 (wrapping arithmetic)."""
+    v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return v ^ (v >> np.uint64(31))
+
+
+def shards_of(keys: list[Key], shards: int) -> np.ndarray:
+    """The shard of each key: a stable hash, the same in every process and run (integer keys
+    by splitmix64, string keys by BLAKE2b)."""
+    out = np.empty(len(keys), np.int64)
+    ints = np.fromiter((type(k) is int for k in keys), bool, len(keys))
+    if ints.any():
+        vals = np.array([k for k in keys if type(k) is int], np.int64).view(np.uint64)
+        with np.errstate(over="ignore"):
+            out[ints] = (_mix64(vals) % np.uint64(shards)).astype(np.int64)
+    for pos in np.flatnonzero(~ints):
+        digest = hashlib.blake2b(str(keys[pos]).encode(), digest_size=8).digest()
+        out[pos] = int.from_bytes(digest, "little") % shards
+    return out
+
+
 def shard_of(key: Key, shards: int) -> int:
-    """The shard of a key: a stable hash (the same in every process and run)."""
-    tag = f"i:{key}" if isinstance(key, int) else f"s:{key}"
-    return int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "little") % shards
+    """The shard of one key (see ``shards_of``)."""
+    return int(shards_of([key], shards)[0])
 
 
 class _Shard:
@@ -93,6 +117,12 @@ class _Shard:
         return self.col.search_rows(queries, k, filter=flt, ef=ef, with_payload=with_payload,
                                     with_vector=with_vector)
 
+    def timed(self, method: str, *args: Any) -> tuple[Any, float]:
+        """(result, seconds inside this actor) of one of its methods (for cost models)."""
+        t = time.perf_counter()
+        out = getattr(self, method)(*args)
+        return out, time.perf_counter() - t
+
     def compact(self) -> None:
         self.col.compact()
 
@@ -109,9 +139,10 @@ def _meta_path(path: str, name: str) -> str:
 
 def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: int, path: str,
                       m: int = 16, ef_construction: int = 40, max_restarts: int = -1,
-                      num_cpus: float = 0) -> "ShardedCollection":
+                      num_cpus: float = 0, threads: int | None = None) -> "ShardedCollection":
     """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in
-    ``shard-NNN``, on the disk of the node its actor runs on)."""
+    ``shard-NNN``, on the disk of the node its actor runs on). ``threads``: numba threads per
+    shard (default: the node's cores)."""
     check_name(name)
     config = {"name": name, "dim": _validate.positive_int(dim, "dim"), "metric": metric,
               "m": _validate.positive_int(m, "m", minimum=2),
@@ -127,11 +158,12 @@ def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: in
         f.flush()
         os.fsync(f.fileno())
     os.replace(meta + ".tmp", meta)
-    return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus)
+    return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
+                             threads=threads)
 
 
 def open_collection(name: str, *, path: str, max_restarts: int = -1,
-                    num_cpus: float = 0) -> "ShardedCollection":
+                    num_cpus: float = 0, threads: int | None = None) -> "ShardedCollection":
     """Reattach to a sharded collection (after a restart of the driver or of Ray)."""
     check_name(name)
     try:
@@ -139,13 +171,15 @@ def open_collection(name: str, *, path: str, max_restarts: int = -1,
             config = json.load(f)
     except FileNotFoundError:
         raise errors.CollectionNotFoundError(f"no sharded collection {name!r} at {path}") from None
-    return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus)
+    return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
+                             threads=threads)
 
 
 class ShardedCollection:
     """A collection split over Ray actors by a hash of the id; ``shoal.Collection``'s methods."""
 
-    def __init__(self, path: str, config: dict[str, Any], *, max_restarts: int, num_cpus: float) -> None:
+    def __init__(self, path: str, config: dict[str, Any], *, max_restarts: int, num_cpus: float,
+                 threads: int | None = None) -> None:
         self.path = path
         self.config = config
         self.name = config["name"]
@@ -154,8 +188,12 @@ class ShardedCollection:
         self.shards = int(config["shards"])
         # num_cpus=0 by default: an actor would hold its CPUs for its whole life, and shards
         # spend most of it waiting; SPREAD places them on different nodes when there are some.
+        env = {} if threads is None else {"env_vars": {
+            "NUMBA_NUM_THREADS": str(_validate.positive_int(threads, "threads")),
+            "OPENBLAS_NUM_THREADS": "1"}}
         actor = ray.remote(_Shard).options(max_restarts=max_restarts, max_task_retries=0,
-                                           num_cpus=num_cpus, scheduling_strategy="SPREAD")
+                                           num_cpus=num_cpus, scheduling_strategy="SPREAD",
+                                           runtime_env=env)
         self._actors = [actor.remote(os.path.join(path, self.name, f"shard-{i:03d}"), self.name, config)
                         for i in range(self.shards)]
         ready, waiting = ray.wait([a.pid.remote() for a in self._actors], num_returns=self.shards,
@@ -203,23 +241,27 @@ class ShardedCollection:
         raise ShardUnavailableError(f"shards {sorted(pending)} of {self.name!r} did not answer")
 
     def _route(self, keys: list[Key]) -> dict[int, list[int]]:
-        by_shard: dict[int, list[int]] = {}
-        for pos, key in enumerate(keys):
-            by_shard.setdefault(shard_of(key, self.shards), []).append(pos)
-        return by_shard
+        """{shard: positions of its keys}."""
+        where = shards_of(keys, self.shards)
+        order = np.argsort(where, kind="stable")
+        bounds = np.searchsorted(where[order], np.arange(self.shards + 1))
+        return {s: order[bounds[s]:bounds[s + 1]].tolist() for s in range(self.shards)
+                if bounds[s + 1] > bounds[s]}
 
-    # ------------------------------------------------------------------ writes
-    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
-        """Insert or replace points; returns once every shard has them in its fsynced log."""
+    def _upsert_calls(self, ids: Any, vectors: Any, payloads: Any) -> dict[int, tuple[str, tuple]]:
         keys = check_keys(ids)
         x, _ = _validate.vectors_and_norms(vectors, self.dim, "vectors", need_norms=self.metric == "cosine")
         if x.shape[0] != len(keys):
             raise errors.InvalidArgumentError(f"ids has {len(keys)} entries but vectors has {x.shape[0]} rows")
         encode_payloads(payloads, len(keys))  # checks them here, with the embedded errors
         pays = [None] * len(keys) if payloads is None else list(payloads)
-        calls = {s: ("upsert", ([keys[p] for p in pos], x[pos], [pays[p] for p in pos]))
-                 for s, pos in self._route(keys).items()}
-        self._gather(calls)
+        return {s: ("upsert", ([keys[p] for p in pos], x[pos], [pays[p] for p in pos]))
+                for s, pos in self._route(keys).items()}
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
+        """Insert or replace points; returns once every shard has them in its fsynced log."""
+        self._gather(self._upsert_calls(ids, vectors, payloads))
 
     def import_arrays(self, vectors: Any, ids: Any = None, payloads: Any = None, *,
                       batch_size: int = 10_000, progress: bool = True) -> int:
@@ -237,12 +279,32 @@ class ShardedCollection:
             bar = Progress(transient=True)
             bar.start()
             task = bar.add_task(f"import into {self.name}", total=n)
+        # Two batches in flight: a shard that finishes its part early (or one that checkpoints)
+        # does not leave the others idle. A batch is re-sent whole if a shard died meanwhile
+        # (upserts are idempotent).
+        in_flight: list[tuple[dict, list, int]] = []
+
+        def settle(calls: dict, refs: list, size: int) -> None:
+            try:
+                ray.get(refs)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                self._gather(calls)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                raise cause from None
+            if bar is not None:
+                bar.update(task, advance=size)
+
         try:
             for lo in range(0, n, batch_size):
                 hi = min(lo + batch_size, n)
-                self.upsert(keys[lo:hi], x[lo:hi], None if payloads is None else payloads[lo:hi])
-                if bar is not None:
-                    bar.update(task, advance=hi - lo)
+                calls = self._upsert_calls(keys[lo:hi], x[lo:hi], None if payloads is None else payloads[lo:hi])
+                refs = [getattr(self._actors[s], m).remote(*a) for s, (m, a) in calls.items()]
+                in_flight.append((calls, refs, hi - lo))
+                if len(in_flight) > 2:
+                    settle(*in_flight.pop(0))
+            while in_flight:
+                settle(*in_flight.pop(0))
         finally:
             if bar is not None:
                 bar.stop()
