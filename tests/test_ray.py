@@ -128,3 +128,19 @@ def test_bad_input_gets_the_embedded_errors_on_the_driver(cluster, tmp_path):
             call()
     assert docs.count() == 0
     docs.close()
+
+
+def test_a_shard_that_stays_down_fails_loudly_or_partially(cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr(sray, "RETRIES", 2)
+    monkeypatch.setattr(sray, "RETRY_WAIT_S", 0.05)
+    docs = sray.create_collection("p", dim=8, metric="l2", shards=2, path=str(tmp_path / "ray"),
+                                  max_restarts=0)
+    x = vectors(200, seed=5)
+    docs.upsert(list(range(200)), x)
+    ray.kill(docs._actors[1], no_restart=True)
+    with pytest.raises(sray.ShardUnavailableError, match=r"shards \[1\]"):
+        docs.search(x[0], k=5)
+    partial = docs.search(x[:3], k=5, ef=200, allow_partial=True)
+    assert partial.missing_shards == [1]
+    alive = {i for i in range(200) if sray.shard_of(i, 2) == 0}
+    assert all(h.id in alive for row in partial for h in row) and all(len(r) == 5 for r in partial)
