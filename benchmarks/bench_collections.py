@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import shoal  # noqa: E402
 import shoal.db.collection as collection_module  # noqa: E402
-from bench_core import median_time  # noqa: E402  (same directory)
+from bench_core import median_time, write_results  # noqa: E402  (same directory)
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
 
@@ -185,12 +185,7 @@ def main(argv=None) -> int:
         lines += ["", f"Reopen the database and answer a first query: {reopen:.2f} s."]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "collections.md").write_text(table + "\n")
-    (out / "collections.json").write_text(json.dumps(results, indent=1, default=float))
+    write_results(args.out, "collections", lines, results)
     return 0
 
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import shoal  # noqa: E402
 import shoal.ray as sray  # noqa: E402
-from bench_core import median_time  # noqa: E402  (same directory)
+from bench_core import median_time, write_results  # noqa: E402  (same directory)
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
 
@@ -127,12 +126,7 @@ def main(argv=None) -> int:
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ray.md").write_text(table + "\n")
-    (out / "ray.json").write_text(json.dumps(res, indent=1, default=float))
+    write_results(args.out, "ray", lines, res)
     return 0
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import shoal  # noqa: E402
-from bench_core import median_time  # noqa: E402  (same directory)
+from bench_core import median_time, write_results  # noqa: E402  (same directory)
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
 
@@ -94,12 +94,7 @@ def main(argv=None) -> int:
             proc.terminate()
             proc.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "server.md").write_text(table + "\n")
-    (out / "server.json").write_text(json.dumps(rows, indent=1))
+    write_results(args.out, "server", lines, rows)
     return 0
 
 
