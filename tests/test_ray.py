@@ -144,3 +144,18 @@ def test_a_shard_that_stays_down_fails_loudly_or_partially(cluster, tmp_path, mo
     assert partial.missing_shards == [1]
     alive = {i for i in range(200) if sray.shard_of(i, 2) == 0}
     assert all(h.id in alive for row in partial for h in row) and all(len(r) == 5 for r in partial)
+
+
+def test_import_parquet_and_arrays(cluster, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    x = vectors(300, seed=8)
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(300)], "vector": x.tolist(),
+                             "g": [i % 3 for i in range(300)]}), tmp_path / "p.parquet")
+    docs = sray.create_collection("imp", dim=8, metric="l2", shards=2, path=str(tmp_path / "ray"))
+    assert docs.import_parquet(str(tmp_path / "p.parquet"), batch_size=64) == 300
+    assert docs.import_arrays(x, ids=list(range(300)), batch_size=50, progress=False) == 300
+    assert docs.count() == 600 and docs.count({"g": 2}) == 100
+    assert docs.search(x[42], k=2, ef=300)[0].id in (42, "p42")
+    docs.close()

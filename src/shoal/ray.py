@@ -317,11 +317,16 @@ class ShardedCollection:
 
         from shoal.cli import _batches_parquet
 
-        _, batches = _batches_parquet(Path(file), batch_size, id_field, vector_field)
+        total, batches = _batches_parquet(Path(file), batch_size, id_field, vector_field)
+        from rich.progress import Progress
+
         done = 0
-        for keys, x, pays in batches:
-            self.upsert(keys, x, pays)
-            done += len(keys)
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"import {Path(file).name} into {self.name}", total=total)
+            for keys, x, pays in batches:
+                self.upsert(keys, x, pays)
+                done += len(keys)
+                bar.update(task, advance=len(keys))
         return done
 
     def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
