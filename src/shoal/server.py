@@ -338,10 +338,13 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
         with np.errstate(over="ignore"):  # out of float32 range: inf, refused as not finite
             queries = _vectors(body, col.dim) if batch else np.array(body.vector, np.float32)
         rows = col.search_rows(queries, body.k, filter=body.filter, ef=body.ef,
-                               with_payload=body.with_payload, with_vector=body.with_vector)
+                               with_payload=body.with_payload, with_vector=body.with_vector,
+                               payload_text=True)
         sign, offset = (-1.0, 0.0) if col.metric == "l2" else (-1.0, 1.0)  # Hit.score
-        out = [[{"id": key, "score": offset + sign * d, "distance": d, "payload": payload,
-                 "vector": vector} for key, d, payload, vector in row] for row in rows]
+        frag = orjson.Fragment  # payloads go out as the JSON text they are stored as
+        out = [[{"id": key, "score": offset + sign * d, "distance": d,
+                 "payload": None if payload is None else frag(payload), "vector": vector}
+                for key, d, payload, vector in row] for row in rows]
         return _json({"results": out} if batch else {"hits": out[0]})
 
     @app.post("/collections/{name}/compact", response_model=Done, dependencies=writer)

@@ -485,9 +485,10 @@ class Collection:
 
     def search_rows(self, queries: Any, k: int = 10, *, filter: dict | None = None,
                     ef: int | None = None, with_payload: bool = True, with_vector: bool = False,
-                    num_threads: int | None = None) -> list[list[tuple]]:
+                    num_threads: int | None = None, payload_text: bool = False) -> list[list[tuple]]:
         """``search`` as plain tuples ``(id, distance, payload, vector)``, one list per query
-        (a 1-D query is a batch of one): for callers that serialise results (the server)."""
+        (a 1-D query is a batch of one): for callers that serialise results (the server).
+        With ``payload_text`` payloads stay the JSON text they are stored as."""
         k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
         q = _validate.vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         allowed = None if filter is None else self._store.uids_where(filter)
@@ -515,9 +516,9 @@ class Collection:
             order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
             top_u = np.take_along_axis(all_u, order, 1)
             top_d = np.take_along_axis(all_d, order, 1)
-        return self._rows(snap, top_u, top_d, with_payload, with_vector)
+        return self._rows(snap, top_u, top_d, with_payload, with_vector, payload_text)
 
-    def _rows(self, snap, top_u, top_d, with_payload, with_vector) -> list[list[tuple]]:
+    def _rows(self, snap, top_u, top_d, with_payload, with_vector, payload_text=False) -> list[list[tuple]]:
         """(id, distance, payload, vector) of result row ids: integer keys come from memory,
         string keys and payloads from the payload store."""
         key_of, known = self._keys
@@ -525,7 +526,8 @@ class Collection:
         clipped = np.clip(top_u, 0, max(n - 1, 0))
         is_int = (top_u >= 0) & (top_u < n) & (known[clipped] == 1) if n else np.zeros(top_u.shape, bool)
         lookup = top_u[(top_u >= 0) & (~is_int | with_payload)]
-        info = self._store.keys_of(np.unique(lookup), payloads=with_payload) if lookup.size else {}
+        info = self._store.keys_of(np.unique(lookup), payloads=with_payload,
+                                   as_text=payload_text) if lookup.size else {}
         int_keys = key_of[clipped].tolist() if n else None
         out = []
         for i, (us, ds) in enumerate(zip(top_u.tolist(), top_d.tolist())):

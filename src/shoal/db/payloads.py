@@ -255,8 +255,10 @@ class PayloadStore:
                 found[(type(key), key)] = (uid, json.loads(payload))
         return [found.get((type(k), k)) for k in keys]
 
-    def keys_of(self, uids: np.ndarray, *, payloads: bool = True) -> dict[int, tuple[Key, dict | None]]:
-        """{uid: (key, payload)} of the uids present (payload None unless ``payloads``)."""
+    def keys_of(self, uids: np.ndarray, *, payloads: bool = True,
+                as_text: bool = False) -> dict[int, tuple[Key, Any]]:
+        """{uid: (key, payload)} of the uids present (payload None unless ``payloads``; its
+        JSON text with ``as_text``)."""
         found: dict[int, tuple[Key, dict | None]] = {}
         ulist = [int(u) for u in uids]
         con = self._reader()
@@ -266,7 +268,7 @@ class PayloadStore:
             if payloads:
                 for uid, key, payload in con.execute(
                         f"SELECT uid, key, payload FROM points WHERE uid IN ({marks})", part):
-                    found[uid] = (key, json.loads(payload))
+                    found[uid] = (key, payload if as_text else json.loads(payload))
             else:
                 for uid, key in con.execute(f"SELECT uid, key FROM points WHERE uid IN ({marks})", part):
                     found[uid] = (key, None)
