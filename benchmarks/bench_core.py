@@ -1,5 +1,6 @@
-"""The core benchmark lives in the package (``shoal.bench``) so that ``shoal bench`` runs it
-anywhere; this script runs it from a checkout and writes to benchmarks/results.
+"""The core benchmark's protocol lives in the package (``shoal.bench``) so that ``shoal bench``
+runs it anywhere; this script runs it from a checkout with the peer adapters
+(benchmarks/peers.py, benchmark-only) and writes to benchmarks/results.
 
     .venv/bin/python benchmarks/bench_core.py [--dataset DIR] [--reps 3] [--out DIR]
 """
@@ -30,4 +31,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
         argv += ["--out", str(ROOT / "benchmarks" / "results")]
+    if "--peers" not in argv:
+        argv += ["--peers", str(ROOT / "benchmarks" / "peers.py")]
     raise SystemExit(main(argv))

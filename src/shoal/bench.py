@@ -1,5 +1,8 @@
 """shoal's core index against hnswlib, faiss-cpu and usearch, in one run, on one dataset.
 
+The peers are benchmark-only: their adapters are in benchmarks/peers.py (``--peers``), never
+in the package; without them the run measures shoal alone.
+
 Protocol (issue 3): all base vectors, all queries, recall@10 against the exact top-10; builds
 with 2 threads; search QPS with 1 thread over the queries as one batch call; every build in a
 fresh process; medians of ``--reps`` runs; every figure also as a ratio to hnswlib (M=16,
@@ -63,8 +66,20 @@ def median_time(fn, reps: int = 3) -> float:
     return statistics.median(times)
 
 
-def _build(engine: str, base: np.ndarray, m: int, efc: int, threads: int):
-    """Build an index; returns (search(queries, k, ef) -> labels, extra info)."""
+def _load_peers(path: str):
+    """The module at ``path`` that builds peer engines (``build(engine, base, m, efc, threads)``,
+    as ``_build``): benchmarks/peers.py in a checkout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shoal_bench_peers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(engine: str, base: np.ndarray, m: int, efc: int, threads: int, peers: str | None = None):
+    """Build an index; returns (search(queries, k, ef) -> labels, extra info). Engines other
+    than shoal come from the ``peers`` module file."""
     n, dim = base.shape
     if engine == "shoal":
         import shoal
@@ -76,42 +91,8 @@ def _build(engine: str, base: np.ndarray, m: int, efc: int, threads: int):
                 "vectors_plus_level0_bytes": int(n * dim * 4 + n * 2 * m * 4 + n * 4),
                 "distance_evaluations_per_insert": index.last_add_stats["distance_evaluations_per_insert"]}
         return (lambda q, k, ef: index.search(q, k, ef=ef, num_threads=1)[0]), info
-    if engine == "hnswlib":
-        import hnswlib
-
-        index = hnswlib.Index(space="ip", dim=dim)
-        index.init_index(max_elements=n, ef_construction=efc, M=m, random_seed=0)
-        index.set_num_threads(threads)
-        index.add_items(base)
-        index.set_num_threads(1)
-
-        def search(q, k, ef):
-            index.set_ef(ef)
-            return index.knn_query(q, k)[0]
-        return search, {}
-    if engine == "faiss":
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
-        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = efc
-        index.add(base)
-        faiss.omp_set_num_threads(1)
-
-        def search(q, k, ef):
-            index.hnsw.efSearch = ef
-            return index.search(q, k)[1]
-        return search, {}
-    if engine == "usearch":
-        from usearch.index import Index
-
-        index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=m, expansion_add=efc)
-        index.add(np.arange(n), base, threads=threads)
-
-        def search(q, k, ef):
-            index.expansion_search = ef
-            return index.search(q, k, threads=1).keys
-        return search, {}
+    if peers:  # the peer libraries' adapters live outside the package (benchmark-only)
+        return _load_peers(peers).build(engine, base, m, efc, threads)
     raise ValueError(f"unknown engine {engine!r}")
 
 
@@ -122,11 +103,12 @@ def worker(spec: dict) -> dict:
     if spec.get("n"):  # a prefix of the base: exact top-10 for it
         gt = np.argsort(-(ds.queries @ base.T), axis=1)[:, :10]
     base = np.ascontiguousarray(base)
-    _build(spec["engine"], base[:2000], spec["m"], spec["efc"], spec["threads"])  # load code once
+    peers = spec.get("peers")
+    _build(spec["engine"], base[:2000], spec["m"], spec["efc"], spec["threads"], peers)  # load code once
     rss0 = _rss_now()
     _reset_peak()
     t = time.perf_counter()
-    search, info = _build(spec["engine"], base, spec["m"], spec["efc"], spec["threads"])
+    search, info = _build(spec["engine"], base, spec["m"], spec["efc"], spec["threads"], peers)
     build_s = time.perf_counter() - t
     out = {**spec, **info, "build_s": build_s, "vec_per_s": len(base) / build_s,
            "build_peak_rss_delta": _rss_peak() - rss0, "curve": []}
@@ -224,7 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default=str(FULL))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="shoal-bench")
-    ap.add_argument("--engines", default="shoal,hnswlib,faiss,usearch")
+    ap.add_argument("--engines", default="shoal,hnswlib,faiss,usearch",
+                    help="engines to compare; others than shoal need --peers")
+    ap.add_argument("--peers", help="a module file that builds the peer engines (benchmarks/peers.py)")
     ap.add_argument("--sweep", default="32,48,64,100,200", help="ef_construction values for the Pareto sweep ('' to skip)")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -239,13 +223,14 @@ def main(argv=None) -> int:
     m_def, efc_def = defaults.m, defaults.ef_construction
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = {"dataset": args.dataset, "threads": 2}
+    base = {"dataset": args.dataset, "threads": 2, "peers": args.peers and os.path.abspath(args.peers)}
+    engines = [e for e in args.engines.split(",") if e and e != "shoal" and args.peers]
     results: dict = {"protocol": {"dataset": args.dataset, "reps": args.reps, "build_threads": 2,
                                   "search_threads": 1, "k": 10, "target_recall": TARGET}}
     configs = [("shoal", m_def, efc_def, "shoal (defaults)")]
     if (m_def, efc_def) != (16, 64):
         configs.append(("shoal", 16, 64, "shoal M=16 efc=64"))
-    configs += [(e, 16, 64, f"{e} M=16 efc=64") for e in args.engines.split(",") if e != "shoal"]
+    configs += [(e, 16, 64, f"{e} M=16 efc=64") for e in engines]
     runs: dict[str, list] = {label: [] for *_, label in configs}
     for rep in range(args.reps):  # interleave engines so that noise hits all alike
         for engine, m, efc, label in configs:
@@ -253,12 +238,14 @@ def main(argv=None) -> int:
             runs[label].append(r)
             print(f"  rep {rep + 1} {label}: {r['vec_per_s']:,.0f} vec/s", flush=True)
     summary = {label: summarize(r) for label, r in runs.items()}
-    ref = summary["hnswlib M=16 efc=64"]
+    ref_label = "hnswlib M=16 efc=64" if "hnswlib" in engines else configs[-1][3]
+    ref_name = ref_label.split(" ")[0] if "hnswlib" in engines else ref_label
+    ref = summary[ref_label]
     results["main"] = summary
 
     lines = [f"Dataset {Path(args.dataset).name}; build 2 threads, search 1 thread (one batch of "
              f"queries); medians of {args.reps} runs, each build in a fresh process.", "",
-             "| index | build vec/s | build vs hnswlib | QPS at recall@10 0.95 | QPS vs hnswlib | max recall@10 |",
+             f"| index | build vec/s | build vs {ref_name} | QPS at recall@10 0.95 | QPS vs {ref_name} | max recall@10 |",
              "|---|---|---|---|---|---|"]
     for label, s in summary.items():
         q = s["qps_at_095"]
@@ -267,13 +254,15 @@ def main(argv=None) -> int:
 
     if args.sweep:
         sweep = {}
-        lines += ["", "Pareto sweep over ef_construction (M=16; one build each, ratios to hnswlib efc=64 above):", "",
-                  "| ef_construction | shoal vec/s | shoal QPS@0.95 | hnswlib vec/s | hnswlib QPS@0.95 |", "|---|---|---|---|---|"]
+        swept = ["shoal"] + (["hnswlib"] if "hnswlib" in engines else [])
+        lines += ["", "Pareto sweep over ef_construction (M=16; one build each):", "",
+                  "| ef_construction | " + " | ".join(f"{e} vec/s | {e} QPS@0.95" for e in swept) + " |",
+                  "|---|" + "---|---|" * len(swept)]
         for efc in [int(v) for v in args.sweep.split(",")]:
-            row = {e: summarize([run_worker({**base, "engine": e, "m": 16, "efc": efc})]) for e in ("shoal", "hnswlib")}
+            row = {e: summarize([run_worker({**base, "engine": e, "m": 16, "efc": efc})]) for e in swept}
             sweep[efc] = row
-            lines.append(f"| {efc} | {fmt(row['shoal']['vec_per_s'])} | {fmt(row['shoal']['qps_at_095'])} | "
-                         f"{fmt(row['hnswlib']['vec_per_s'])} | {fmt(row['hnswlib']['qps_at_095'])} |")
+            lines.append(f"| {efc} | " + " | ".join(f"{fmt(row[e]['vec_per_s'])} | {fmt(row[e]['qps_at_095'])}"
+                                                    for e in swept) + " |")
             print(f"  sweep efc={efc} done", flush=True)
         results["sweep"] = sweep
 

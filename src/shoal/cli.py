@@ -206,10 +206,9 @@ def info(db: Path = typer.Argument(..., help="database directory")) -> None:
         for name in database.list_collections():
             col = database.get_collection(name)
             stats = col.stats()
-            memory = sum(seg.index.stats()["memory_bytes"] for seg in col._snap.segments)
             table.add_row(name, str(col.dim), col.metric, f"{stats['count']:,}", str(len(stats["segments"])),
                           f"{stats['deleted_rows']:,}", str(stats["log_records"]),
-                          _size(_disk_bytes(db / "collections" / name)), _size(memory))
+                          _size(_disk_bytes(db / "collections" / name)), _size(stats["memory_bytes"]))
     out.print(table)
 
 
@@ -283,17 +282,20 @@ def serve(db: Path = typer.Argument(..., help="database directory (created if ne
 def bench(dataset: Path = typer.Argument(..., help="dataset directory (the wordnet-minilm-384 layout)"),
           out_dir: Path = typer.Option(Path("shoal-bench"), "--out", help="where to write the results"),
           reps: int = typer.Option(3, min=1, help="runs per figure (medians)"),
-          engines: str = typer.Option("shoal,hnswlib,faiss,usearch", help="engines to compare (installed ones)"),
+          engines: str = typer.Option("shoal,hnswlib,faiss,usearch", help="engines to compare (with --peers)"),
+          peers: Optional[Path] = typer.Option(None, help="module file with the peer adapters "
+                                               "(benchmarks/peers.py in a checkout); without it, shoal alone"),
           sweep: str = typer.Option("32,48,64,100,200", help="ef_construction values of the Pareto sweep ('' skips)"),
           scaling: bool = typer.Option(True, help="measure thread and size scaling")) -> None:
-    """Benchmark build and search against the peers installed: core.md (table), core.json, recall_qps.png."""
+    """Benchmark build and search (against hnswlib, faiss, usearch with --peers): core.md, core.json, recall_qps.png."""
     from shoal import bench as bench_module
 
     if not (dataset / "base.npy").exists() and not any(dataset.glob("*.npy")):
         raise FileNotFoundError(f"{dataset}: not a dataset directory (see shoal.datasets)")
     code = bench_module.main(["--dataset", str(dataset), "--out", str(out_dir), "--reps", str(reps),
                               "--engines", engines, "--sweep", sweep]
-                             + ([] if scaling else ["--skip-scaling"]))
+                             + ([] if scaling else ["--skip-scaling"])
+                             + ([] if peers is None else ["--peers", str(peers)]))
     if code:
         raise typer.Exit(code)
 

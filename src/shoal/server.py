@@ -29,7 +29,6 @@ import base64
 import binascii
 import hmac
 import ipaddress
-import json
 import os
 from typing import Annotated, Any, Literal, Optional, Union
 

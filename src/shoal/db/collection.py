@@ -560,5 +560,6 @@ class Collection:
                 "segments": [{"file": seg.file, "rows": seg.view.count, "deleted_rows": seg.dead,
                               "active": seg.index is active} for seg in snap.segments],
                 "rows": int(sum(seg.view.count for seg in snap.segments)),
+                "memory_bytes": int(sum(seg.index.stats()["memory_bytes"] for seg in snap.segments)),
                 "deleted_rows": int(sum(seg.dead for seg in snap.segments)),
                 "log_records": len(self._wal)}
