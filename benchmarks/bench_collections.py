@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import shoal  # noqa: E402
-import shoal.db.collection as collection_module  # noqa: E402
 from bench_core import median_time, write_results  # noqa: E402  (same directory)
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
@@ -141,10 +140,8 @@ def main(argv=None) -> int:
         # The same data sealed into three segments (a small seal size forces them): what a
         # search over several segments costs against one.
         seg_dir = tempfile.mkdtemp()
-        saved = collection_module.SEAL_ROWS
-        collection_module.SEAL_ROWS = 40_000
         try:
-            with shoal.open(seg_dir) as db3:
+            with shoal.open(seg_dir, policy=shoal.Policy(seal_rows=40_000)) as db3:
                 col3 = db3.create_collection("wordnet", dim=ds.base.shape[1], metric="cosine")
                 for lo in range(0, n, 1000):
                     col3.upsert(list(range(lo, min(lo + 1000, n))), ds.base[lo:lo + 1000])
@@ -159,7 +156,6 @@ def main(argv=None) -> int:
                     lines.append(f"| {nseg} segments (sealed at 40,000 rows) | {ef} | {row['recall']:.3f} | "
                                  f"{row['qps']:,.0f} | {row['qps'] / row['index_qps']:.2f}x |")
         finally:
-            collection_module.SEAL_ROWS = saved
             shutil.rmtree(seg_dir, ignore_errors=True)
 
         lines += ["", "| filter | selectivity | recall@10 | QPS |", "|---|---|---|---|"]

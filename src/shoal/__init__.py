@@ -15,10 +15,12 @@ from shoal.errors import (
     PayloadTooLargeError,
     ReadOnlyError,
     ShoalError,
+    StorageError,
 )
 from shoal.client import Client, RemoteCollection
 from shoal.db.collection import Collection, Hit
 from shoal.db.database import Database
+from shoal.db.policy import Policy
 from shoal.db.database import open_database as open  # noqa: A001 - shoal.open(path)
 from shoal.index import Index
 
@@ -51,9 +53,11 @@ __all__ = [
     "InvalidTypeError",
     "LockedError",
     "PayloadTooLargeError",
+    "Policy",
     "ReadOnlyError",
     "RemoteCollection",
     "ShoalError",
+    "StorageError",
     "__version__",
     "open",
 ]

@@ -85,3 +85,11 @@ class PayloadTooLargeError(InvalidArgumentError):
     """A request body over the server's size limit (HTTP 413)."""
 
     http_status = 413
+
+
+class StorageError(ShoalError):
+    """An I/O error (EIO, ENOSPC, ...) while a collection was writing. The failed operation
+    is all or nothing (reopening shows which); the collection refuses further writes until it
+    is reopened, as PostgreSQL does after a failed fsync."""
+
+    http_status = 503

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 import shoal
-import shoal.db.collection as collection_module
+
+
+SMALL = shoal.Policy(seal_rows=150, checkpoint_min_rows=60)
 
 
 @pytest.fixture
-def small_segments(monkeypatch):
-    monkeypatch.setattr(collection_module, "SEAL_ROWS", 150)
-    monkeypatch.setattr(collection_module, "CHECKPOINT_MIN_ROWS", 60)
+def small_segments():
+    return {"policy": SMALL}
 
 
 def vectors(n, dim=8, seed=0):
@@ -36,7 +37,7 @@ def brute(col_vectors, q, k, metric):
 @pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
 def test_search_matches_brute_force_through_seals_and_deletes(tmp_path, small_segments, metric):
     model = {}
-    with shoal.open(tmp_path / "db") as db:
+    with shoal.open(tmp_path / "db", **small_segments) as db:
         col = db.create_collection("c", dim=8, metric=metric)
         x = vectors(400, seed=1)
         for lo in range(0, 400, 37):
@@ -78,7 +79,7 @@ def test_ids_payloads_get_and_scores(tmp_path):
 
 def test_reopen_recovers_sealed_segments_and_the_log(tmp_path, small_segments):
     x = vectors(250, seed=4)
-    with shoal.open(tmp_path / "db") as db:
+    with shoal.open(tmp_path / "db", **small_segments) as db:
         col = db.create_collection("c", dim=8, metric="l2")
         col.upsert(list(range(200)), x[:200], [{"i": i} for i in range(200)])  # sealed
         col.upsert(list(range(200, 250)), x[200:], [{"i": i} for i in range(200, 250)])  # in the log
@@ -86,7 +87,7 @@ def test_reopen_recovers_sealed_segments_and_the_log(tmp_path, small_segments):
         before = col.search(x[:4], k=5, ef=300)
         stats = col.stats()
     assert len(stats["segments"]) >= 2 and stats["log_records"] > 0
-    with shoal.open(tmp_path / "db") as db:
+    with shoal.open(tmp_path / "db", **small_segments) as db:
         col = db.get_collection("c")
         assert col.count() == 247 and col.get([3, 200]) == [None, None]
         after = col.search(x[:4], k=5, ef=300)
@@ -94,7 +95,7 @@ def test_reopen_recovers_sealed_segments_and_the_log(tmp_path, small_segments):
         col.compact()
         assert len(col.stats()["segments"]) == 1 and col.stats()["deleted_rows"] == 0
         assert [[h.id for h in r] for r in col.search(x[:4], k=5, ef=300)] == [[h.id for h in r] for r in before]
-    with shoal.open(tmp_path / "db") as db:
+    with shoal.open(tmp_path / "db", **small_segments) as db:
         assert db.get_collection("c").count() == 247
 
 

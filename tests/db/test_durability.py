@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import shoal
-import shoal.db.collection as collection_module
 
 BATCH = 10
 
@@ -23,11 +22,11 @@ def batch_vectors(b, dim=16):
 
 
 WRITER = r"""
-import sys, numpy as np, shoal, shoal.db.collection as c
-c.SEAL_ROWS, c.CHECKPOINT_MIN_ROWS = 120, 50  # so that crashes also hit checkpoints, seals
-c.COMPACT_MIN_ROWS = 60                          # and automatic compactions
+import sys, numpy as np, shoal
+# small thresholds, so that crashes also hit checkpoints, seals and automatic compactions
+policy = shoal.Policy(seal_rows=120, checkpoint_min_rows=50, compact_min_rows=60)
 path, start = sys.argv[1], int(sys.argv[2])
-db = shoal.open(path)
+db = shoal.open(path, policy=policy)
 col = db.get_collection("c") if "c" in db.list_collections() else db.create_collection("c", dim=16, metric="cosine")
 b = start
 while True:
@@ -100,17 +99,14 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
 class CollectionMachine(RuleBasedStateMachine):
     """Upsert / delete / compact / reopen / search against a plain dict model."""
 
-    SMALL = {"SEAL_ROWS": 12, "CHECKPOINT_MIN_ROWS": 5, "COMPACT_MIN_ROWS": 10}
+    SMALL = shoal.Policy(seal_rows=12, checkpoint_min_rows=5, compact_min_rows=10)
 
     def __init__(self):
         super().__init__()
         import tempfile
 
-        self._saved = {name: getattr(collection_module, name) for name in self.SMALL}
-        for name, value in self.SMALL.items():
-            setattr(collection_module, name, value)
         self.dir = tempfile.TemporaryDirectory()
-        self.db = shoal.open(self.dir.name)
+        self.db = shoal.open(self.dir.name, policy=self.SMALL)
         self.col = self.db.create_collection("m", dim=4, metric="l2")
         self.model: dict = {}
 
@@ -142,7 +138,7 @@ class CollectionMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.db.close()
-        self.db = shoal.open(self.dir.name)
+        self.db = shoal.open(self.dir.name, policy=self.SMALL)
         self.col = self.db.get_collection("m")
 
     @rule(seed=st.integers(0, 10**6), k=st.integers(1, 6))
@@ -167,19 +163,15 @@ class CollectionMachine(RuleBasedStateMachine):
     def teardown(self):
         self.db.close()
         self.dir.cleanup()
-        for name, value in self._saved.items():
-            setattr(collection_module, name, value)
 
 
 TestCollectionMachine = CollectionMachine.TestCase
 TestCollectionMachine.settings = settings(max_examples=25, stateful_step_count=20, deadline=None)
 
 
-def test_readers_see_whole_batches_while_a_writer_upserts_and_compacts(tmp_path, monkeypatch):
+def test_readers_see_whole_batches_while_a_writer_upserts_and_compacts(tmp_path):
     """Each batch is 20 copies of one vector; a reader searching for it finds all 20 or none."""
-    monkeypatch.setattr(collection_module, "SEAL_ROWS", 100)
-    monkeypatch.setattr(collection_module, "CHECKPOINT_MIN_ROWS", 50)
-    db = shoal.open(tmp_path / "db")
+    db = shoal.open(tmp_path / "db", policy=shoal.Policy(seal_rows=100, checkpoint_min_rows=50))
     col = db.create_collection("c", dim=8, metric="l2")
     vecs = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32) * 10
     errors: list[BaseException] = []

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shoal
-from shoal.storage.wal import WalTruncatedWarning, WriteAheadLog
+from shoal.storage.wal import WalTruncatedWarning, WriteAheadLog, salvage_log
 
 
 def payload(i: int) -> bytes:
@@ -66,18 +66,45 @@ def test_every_torn_tail_is_cut_back_to_the_last_whole_record(tmp_path):
         wal.close()
 
 
-def test_a_damaged_record_ends_the_log_there(tmp_path):
+def test_damage_followed_by_valid_records_refuses_to_open_and_salvage_keeps_the_prefix(tmp_path):
     full = write_log(tmp_path / "full.wal", 10)
     wal = WriteAheadLog(tmp_path / "full.wal")
     off4, _ = wal._records[4]
     wal.close()
     bad = bytearray(full)
-    bad[off4 + 20] ^= 0xFF  # inside record 5's payload
+    bad[off4 + 20] ^= 0xFF  # inside record 5's payload; records 6..10 are intact
     path = tmp_path / "bad.wal"
     path.write_bytes(bytes(bad))
-    with pytest.warns(WalTruncatedWarning, match="after sequence 4"):
-        wal = WriteAheadLog(path)
+    with pytest.raises(shoal.CorruptIndexError, match=rf"bad.wal: record 5 at byte offset {off4} is damaged"):
+        WriteAheadLog(path)
+    assert path.read_bytes() == bytes(bad)  # left as it was
+    kept, aside = salvage_log(path)
+    assert kept == 4 and open(aside, "rb").read() == bytes(bad)  # moved aside, whole
+    wal = WriteAheadLog(path)
     assert [r.payload for r in wal.records()] == [payload(i) for i in range(4)]
+    assert wal.append(0, b"after") == 5
+    wal.close()
+    assert salvage_log(path) == (5, None)  # nothing to salvage in a sound log
+
+
+def test_every_flipped_byte_before_the_last_record_is_refused(tmp_path):
+    """A flip anywhere in records 1..5 of 6 is reported, never silently cut; in the last
+    record it is a torn tail and is cut."""
+    full = write_log(tmp_path / "full.wal", 6)
+    wal = WriteAheadLog(tmp_path / "full.wal")
+    last_start = wal._records[-1][0]
+    wal.close()
+    for pos in range(20, len(full), 3):  # past the header
+        bad = bytearray(full)
+        bad[pos] ^= 0x5A
+        path = tmp_path / f"flip{pos}.wal"
+        path.write_bytes(bytes(bad))
+        if pos < last_start:
+            with pytest.raises(shoal.CorruptIndexError, match="byte offset"):
+                WriteAheadLog(path)
+        else:
+            with pytest.warns(WalTruncatedWarning):
+                assert WriteAheadLog(path).last_seq == 5
 
 
 def test_not_a_log(tmp_path):
@@ -110,6 +137,7 @@ import sys
 from shoal.storage.wal import WriteAheadLog
 wal = WriteAheadLog(sys.argv[1])
 i = wal.last_seq
+print("ready", flush=True)
 while True:
     i += 1
     seq = wal.append(i % 5, (b"%d:" % i) * (i % 50 + 1))
@@ -126,12 +154,13 @@ def test_no_acknowledged_record_is_lost_when_the_writer_is_killed(tmp_path):
     for _ in range(25):
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.05, 0.3))
+        assert proc.stdout.readline() == "ready\n"  # the kill timer starts once it writes
+        time.sleep(rng.uniform(0.02, 0.2))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         lines = out.split()
-        if lines:
-            acked = max(acked, int(lines[-1]))
+        assert lines, "the writer acknowledged nothing in this round"
+        acked = max(acked, int(lines[-1]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WalTruncatedWarning)
             wal = WriteAheadLog(path)
@@ -147,8 +176,14 @@ def test_a_damaged_length_field_does_not_allocate_it(tmp_path):
     path = tmp_path / "len.wal"
     write_log(path, 3)
     data = bytearray(path.read_bytes())
-    data[20:24] = (2**31 - 1).to_bytes(4, "little")  # record 1's length field
+    data[20:24] = (2**31 - 1).to_bytes(4, "little")  # record 1's length field; 2 and 3 follow
     path.write_bytes(bytes(data))
+    with pytest.raises(shoal.CorruptIndexError, match="record 1 at byte offset 20"):
+        WriteAheadLog(path)
+    wal3 = bytearray(write_log(tmp_path / "len3.wal", 3))
+    off3 = 20 + 17 + len(payload(0)) + 17 + len(payload(1))
+    wal3[off3:off3 + 4] = (2**31 - 1).to_bytes(4, "little")  # the last record's: a torn tail
+    (tmp_path / "len3.wal").write_bytes(bytes(wal3))
     with pytest.warns(WalTruncatedWarning):
-        wal = WriteAheadLog(path)
-    assert len(wal) == 0 and wal.append(0, b"ok") == 1
+        wal = WriteAheadLog(tmp_path / "len3.wal")
+    assert len(wal) == 2 and wal.append(0, b"ok") == 3

@@ -14,12 +14,13 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import threading
 from typing import Any
 
 from shoal import _validate
-from shoal.db.collection import FORMAT, Collection, write_json
+from shoal.db import manifest as manifest_file
+from shoal.db.collection import Collection
+from shoal.db.policy import DEFAULT_POLICY, Policy
 from shoal.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -28,6 +29,7 @@ from shoal.errors import (
     LockedError,
     ReadOnlyError,
 )
+from shoal.storage import files
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -44,15 +46,27 @@ def check_name(name: object) -> str:
 
 
 class Database:
-    """A directory of collections. Use ``shoal.open(path)``; close it (or use ``with``)."""
+    """A directory of collections. Use ``shoal.open(path)``; close it (or use ``with``).
+
+    ``policy`` (a ``shoal.Policy``) sets when every collection opened here checkpoints, seals
+    and compacts. ``recover=True`` opens collections whose log is damaged in the middle by
+    keeping the records before the damage and moving the damaged log aside (a warning names
+    it); without it such a collection raises ``CorruptIndexError``.
+    """
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False,
-                 durability: str = "sync") -> None:
+                 durability: str = "sync", policy: Policy = DEFAULT_POLICY, recover: bool = False) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidArgumentError(f"durability must be 'sync' or 'batch', got {durability!r}")
+        if not isinstance(policy, Policy):
+            raise InvalidArgumentError(f"policy must be a shoal.Policy, got {type(policy).__name__}")
+        if recover and read_only:
+            raise InvalidArgumentError("recover=True needs a database opened for writing")
         self.path = os.fspath(path)
         self.read_only = read_only
         self.durability = durability
+        self.policy = policy
+        self.recover = recover
         self._open: dict[str, Collection] = {}
         self._lock = threading.RLock()  # collection management from several threads (a server)
         self._lock_file = None
@@ -103,17 +117,9 @@ class Database:
         if os.path.exists(os.path.join(path, "manifest.json")):
             raise CollectionExistsError(f"collection {name!r} already exists")
         if os.path.exists(path):  # the remains of a create that crashed
-            shutil.rmtree(path)
-        tmp = path + ".creating"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        write_json(os.path.join(tmp, "config.json"), {
-            "format": FORMAT, "name": name, "dim": dim, "metric": metric, "m": m,
-            "ef_construction": ef_construction})
-        write_json(os.path.join(tmp, "manifest.json"), {
-            "format": FORMAT, "segments": [], "active": None, "checkpoint_seq": 0, "next_uid": 0,
-            "next_segment": 1})
-        os.replace(tmp, path)
+            files.rmtree(path)
+        manifest_file.create(path, {"name": name, "dim": dim, "metric": metric, "m": m,
+                                    "ef_construction": ef_construction})
         return self._get_locked(name, path)
 
     def get_collection(self, name: str) -> Collection:
@@ -123,11 +129,16 @@ class Database:
             return self._get_locked(name, path)
 
     def _get_locked(self, name: str, path: str) -> Collection:
-        if name not in self._open:
+        col = self._open.get(name)
+        if col is not None and col.failed:  # an I/O error stopped it: reopening replays its log
+            self._open.pop(name).close()
+            col = None
+        if col is None:
             if not os.path.isfile(os.path.join(path, "manifest.json")):
                 raise CollectionNotFoundError(f"no collection named {name!r} (have: {self.list_collections()})")
-            self._open[name] = Collection(path, read_only=self.read_only, durability=self.durability)
-        return self._open[name]
+            col = self._open[name] = Collection(path, read_only=self.read_only, durability=self.durability,
+                                                policy=self.policy, recover=self.recover)
+        return col
 
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its files."""
@@ -142,8 +153,9 @@ class Database:
         if name in self._open:
             self._open.pop(name).close()
         doomed = path + ".dropping"
-        os.replace(path, doomed)
-        shutil.rmtree(doomed)
+        files.rename(path, doomed)
+        files.fsync_directory(os.path.dirname(path))
+        files.rmtree(doomed)
 
     def close(self) -> None:
         with self._lock:
@@ -164,9 +176,10 @@ class Database:
         return f"Database({self.path!r}, collections={self.list_collections()})"
 
 
-def open_database(path: str | os.PathLike, *, read_only: bool = False, durability: str = "sync") -> Database:
+def open_database(path: str | os.PathLike, *, read_only: bool = False, durability: str = "sync",
+                  policy: Policy = DEFAULT_POLICY, recover: bool = False) -> Database:
     """Open (creating if needed) the database at ``path``; see ``Database``."""
-    return Database(path, read_only=read_only, durability=durability)
+    return Database(path, read_only=read_only, durability=durability, policy=policy, recover=recover)
 
 
 __all__ = ["Database", "check_name", "open_database"]

@@ -1,17 +1,26 @@
 """The payload store: user keys, internal point numbers and JSON payloads in SQLite.
 
-One table ``points(uid INTEGER PRIMARY KEY, key UNIQUE, payload TEXT)``:
+Tables:
 
-- ``key`` is the user's id, an int64 or a string (a UUID is a string). The column has no type
-  affinity, so ``1`` and ``"1"`` are different keys.
-- ``uid`` is the point number the vector segments use (an int64 that is never reused): an
-  upsert of an existing key gives it a new uid and reports the old one, so that the segment
-  holding the old vector can mark it deleted.
-- ``payload`` is a JSON object (``{}`` when none was given).
+- ``points(uid INTEGER PRIMARY KEY, key UNIQUE, payload TEXT)``: the current version of each
+  point. ``key`` is the user's id, an int64 or a string (a UUID is a string); the column has
+  no type affinity, so ``1`` and ``"1"`` are different keys. ``uid`` is the row id the vector
+  segments use (an int64 that is never reused). ``payload`` is a JSON object (``{}`` when
+  none was given).
+- ``retired(uid, key, payload, seq)``: versions replaced or deleted by the log record ``seq``.
+  A row id's key and payload never change, and a retired version stays readable until the
+  collection purges it (after no snapshot that still shows it can be in use), so a search
+  that runs beside a writer can always name what its snapshot holds.
+- ``field_index(field, type, value, uid)``: payload indexes (rows of retired versions stay
+  until they are purged, so filters read the same values for every version).
+- ``meta(name, value)``: ``applied_seq``, the last log record applied here (in the same
+  transaction as the record's rows), so that a replay applies exactly the records after it.
 
-The database runs in SQLite's WAL mode. Durability of acknowledged writes is the write-ahead
-log's job (``shoal.storage.wal``): after a crash the collection replays its log into this
-store, and every operation here is idempotent under replay.
+The database runs in SQLite's WAL mode with ``synchronous=NORMAL``; durability of
+acknowledged writes is the collection's write-ahead log's job, and ``checkpoint()`` makes
+this store durable (a commit with ``synchronous=FULL``) before that log is restarted. A
+read-only store pins one read transaction for its life: it sees the store as of the moment
+it opened, whatever the writer does after.
 """
 
 from __future__ import annotations
@@ -21,13 +30,15 @@ import math
 import numbers
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from shoal.db.filters import compile_filter, json_path
 from shoal.errors import InvalidArgumentError, InvalidTypeError
+from shoal.storage import files
 
 Key = int | str
 _CHUNK = 500  # SQLite's limit on bound parameters is 32766; stay well below it
@@ -131,17 +142,27 @@ class PayloadStore:
     """Keys, uids and payloads of one collection, in the SQLite file ``path``."""
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
         self._read_uri = f"file:{path}?mode=ro"
         uri = self._read_uri if read_only else f"file:{path}?mode=rwc"
         # Writes (and the reads they depend on) use this connection, under the caller's writer
         # lock; every other thread reads through a connection of its own (SQLite's WAL mode
-        # lets readers run beside a writer, each seeing committed transactions only).
+        # lets readers run beside a writer, each seeing committed transactions only). A
+        # read-only store reads through this one connection, pinned (see ``pin``).
         self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._pinned = False
+        self._pin_lock = threading.Lock()
         if not read_only:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS points "
                              "(uid INTEGER PRIMARY KEY, key UNIQUE NOT NULL, payload TEXT NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS retired "
+                             "(uid INTEGER PRIMARY KEY, key NOT NULL, payload TEXT NOT NULL, seq INTEGER NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS retired_key ON retired (key)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)")
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('applied_seq', 0)")
             # Payload indexes: one row per scalar value (array elements included) of each
             # indexed field, kept in the same transactions as ``points``.
             self._db.execute("CREATE TABLE IF NOT EXISTS indexed_fields (field TEXT PRIMARY KEY)")
@@ -152,37 +173,34 @@ class PayloadStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        try:
-            self.indexed = frozenset(f for (f,) in self._db.execute("SELECT field FROM indexed_fields"))
-        except sqlite3.OperationalError:  # a read-only store from before payload indexes
-            self.indexed = frozenset()
+        tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._has_retired = "retired" in tables  # a read-only store from before format 3 has none
+        self._has_meta = "meta" in tables
+        self.indexed = frozenset(f for (f,) in self._db.execute("SELECT field FROM indexed_fields")) \
+            if "indexed_fields" in tables else frozenset()
 
-    def create_index(self, field: str) -> None:
-        """Index the payload values at dotted path ``field`` (filters on it then read the
-        index instead of every payload). Idempotent."""
-        if not isinstance(field, str):
-            raise InvalidTypeError(f"field must be a string, got {type(field).__name__}")
-        json_path(field, "field")
-        if field in self.indexed:
-            return
-        with self._transaction():
-            self._db.execute("INSERT INTO indexed_fields VALUES (?)", (field,))
-            self._index_rows([field], None)
-        self.indexed = self.indexed | {field}
+    # ------------------------------------------------------------------ connections
+    def pin(self) -> None:
+        """Start the read transaction a read-only store keeps: every later read sees the store
+        as of now. Call ``unpin`` to let go (before pinning again)."""
+        self._db.execute("BEGIN")
+        self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the snapshot
+        self._pinned = True
 
-    def _index_rows(self, fields, uids: list[int] | None) -> None:
-        """Add the field_index rows of ``fields`` for ``uids`` (all points when None)."""
-        for field in fields:
-            path = json_path(field, "field")
-            only, extra = ("", []) if uids is None else (f" AND uid IN ({','.join('?' * len(uids))})", list(uids))
-            self._db.execute(
-                "INSERT INTO field_index SELECT ?, json_type(payload, ?), json_extract(payload, ?), uid "
-                f"FROM points WHERE json_type(payload, ?) NOT IN ('array', 'object'){only}",
-                [field, path, path, path, *extra])
-            self._db.execute(
-                "INSERT INTO field_index SELECT ?, e.type, e.value, uid FROM points, json_each(points.payload, ?) AS e "
-                f"WHERE json_type(payload, ?) = 'array' AND e.type NOT IN ('array', 'object'){only}",
-                [field, path, path, *extra])
+    def unpin(self) -> None:
+        if self._pinned:
+            self._db.execute("ROLLBACK")
+            self._pinned = False
+
+    @contextmanager
+    def _read(self, for_write: bool = False) -> Iterator[sqlite3.Connection]:
+        if for_write:
+            yield self._db
+        elif self._pinned or self.read_only:
+            with self._pin_lock:
+                yield self._db
+        else:
+            yield self._reader()
 
     def _reader(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -200,118 +218,231 @@ class PayloadStore:
             self._readers.clear()
         self._db.close()
 
-    def _chunks(self, keys: list[Key]):
+    def _chunks(self, keys: list):
         for lo in range(0, len(keys), _CHUNK):
             yield keys[lo:lo + _CHUNK]
 
-    def uids_of(self, keys: list[Key], *, for_write: bool = False) -> np.ndarray:
-        """uid of each key (int64), -1 where absent (``for_write``: through the writer's
-        connection, for a write that depends on it)."""
-        con = self._db if for_write else self._reader()
-        found: dict[tuple[type, Key], int] = {}
-        for part in self._chunks(keys):
-            marks = ",".join("?" * len(part))
-            for key, uid in con.execute(f"SELECT key, uid FROM points WHERE key IN ({marks})", part):
-                found[(type(key), key)] = uid
-        return np.array([found.get((type(k), k), -1) for k in keys], np.int64)
+    def _tables(self, retired: bool) -> tuple[str, ...]:
+        return ("points", "retired") if retired and self._has_retired else ("points",)
 
-    def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str]) -> np.ndarray:
-        """Store (key, uid, payload) rows, replacing existing keys; returns the replaced uids
-        (-1 where the key was new). A uid already stored (a replay) is left as it is."""
+    # ------------------------------------------------------------------ writes
+    @property
+    def applied_seq(self) -> int:
+        """The last log record applied to this store (0: none, or a store without meta)."""
+        if not self._has_meta:
+            return 0
+        with self._read(for_write=not self.read_only) as con:
+            return int(con.execute("SELECT value FROM meta WHERE name = 'applied_seq'").fetchone()[0])
+
+    def _applied(self, seq: int | None) -> None:
+        if seq is not None:
+            self._db.execute("UPDATE meta SET value = ? WHERE name = 'applied_seq'", (int(seq),))
+
+    def create_index(self, field: str) -> None:
+        """Index the payload values at dotted path ``field`` (filters on it then read the
+        index instead of every payload). Idempotent; durable when it returns."""
+        if not isinstance(field, str):
+            raise InvalidTypeError(f"field must be a string, got {type(field).__name__}")
+        json_path(field, "field")
+        if field in self.indexed:
+            return
+        with self._transaction(durable=True):
+            self._db.execute("INSERT INTO indexed_fields VALUES (?)", (field,))
+            for table in ("points", "retired"):
+                self._index_rows([field], None, table)
+        self.indexed = self.indexed | {field}
+
+    def _index_rows(self, fields, uids: list[int] | None, table: str = "points") -> None:
+        """Add the field_index rows of ``fields`` for ``uids`` of ``table`` (all when None)."""
+        for field in fields:
+            path = json_path(field, "field")
+            only, extra = ("", []) if uids is None else (f" AND uid IN ({','.join('?' * len(uids))})", list(uids))
+            self._db.execute(
+                "INSERT INTO field_index SELECT ?, json_type(payload, ?), json_extract(payload, ?), uid "
+                f"FROM {table} WHERE json_type(payload, ?) NOT IN ('array', 'object'){only}",
+                [field, path, path, path, *extra])
+            self._db.execute(
+                f"INSERT INTO field_index SELECT ?, e.type, e.value, uid FROM {table}, json_each({table}.payload, ?) AS e "
+                f"WHERE json_type(payload, ?) = 'array' AND e.type NOT IN ('array', 'object'){only}",
+                [field, path, path, *extra])
+
+    def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str], seq: int | None = None) -> np.ndarray:
+        """Store (key, uid, payload) rows, retiring the versions they replace; returns the
+        replaced uids (-1 where the key was new). A uid already current (a replay) is left as
+        it is. ``seq``: the log record this applies (recorded as ``applied_seq``)."""
         old = self.uids_of(keys, for_write=True)
         rows = [(int(u), k, p) for k, u, p, o in zip(keys, uids, payloads, old) if o != u]
-        gone = [(int(o),) for o, u in zip(old, uids) if o >= 0 and o != u]
+        gone = [int(o) for o, u in zip(old, uids) if o >= 0 and o != u]
         with self._transaction():
-            self._db.executemany("DELETE FROM points WHERE key = ?", [(r[1],) for r in rows])
+            self._retire(gone, seq)
             self._db.executemany("INSERT INTO points (uid, key, payload) VALUES (?, ?, ?)", rows)
             if self.indexed:
-                self._db.executemany("DELETE FROM field_index WHERE uid = ?", gone)
                 new = [r[0] for r in rows]
                 for lo in range(0, len(new), _CHUNK):
                     self._index_rows(sorted(self.indexed), new[lo:lo + _CHUNK])
+            self._applied(seq)
         return np.where(old == uids, -1, old)
 
-    def delete(self, keys: list[Key]) -> np.ndarray:
-        """Remove keys; returns the uids removed (absent keys are skipped)."""
+    def _retire(self, uids: list[int], seq: int | None) -> None:
+        marks = [(int(seq or 0), u) for u in uids]
+        self._db.executemany("INSERT OR REPLACE INTO retired SELECT uid, key, payload, ? FROM points WHERE uid = ?", marks)
+        self._db.executemany("DELETE FROM points WHERE uid = ?", [(u,) for u in uids])
+
+    def delete(self, keys: list[Key], seq: int | None = None) -> np.ndarray:
+        """Retire keys; returns the uids retired (absent keys are skipped)."""
         uids = self.uids_of(keys, for_write=True)
         uids = uids[uids >= 0]
-        self.delete_uids(uids)
+        self.delete_uids(uids, seq)
         return uids
 
-    def delete_uids(self, uids: np.ndarray) -> None:
-        """Remove the points with these uids (absent ones are skipped)."""
+    def delete_uids(self, uids: np.ndarray, seq: int | None = None) -> None:
+        """Retire the points with these uids (absent ones are skipped)."""
         with self._transaction():
+            self._retire([int(u) for u in uids], seq)
+            self._applied(seq)
+
+    def purge(self, *, through_seq: int | None = None, uids: np.ndarray | None = None) -> int:
+        """Forget retired versions for good: those retired by log records up to
+        ``through_seq``, or those with the given ``uids``. Returns how many."""
+        with self._transaction():
+            if through_seq is not None:
+                doomed = [u for (u,) in self._db.execute("SELECT uid FROM retired WHERE seq <= ?", (int(through_seq),))]
+            else:
+                doomed = [int(u) for u in uids]
+            self._db.executemany("DELETE FROM retired WHERE uid = ?", [(u,) for u in doomed])
+            self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(u,) for u in doomed])
+        return len(doomed)
+
+    def remove_current(self, uids: np.ndarray) -> None:
+        """Remove current rows outright (rows whose vectors were lost with a damaged log that
+        a repair cut off: nothing can show them)."""
+        with self._transaction(durable=True):
             self._db.executemany("DELETE FROM points WHERE uid = ?", [(int(u),) for u in uids])
-            if self.indexed:
-                self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(int(u),) for u in uids])
+            self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(int(u),) for u in uids])
+
+    def checkpoint(self, seq: int | None = None) -> None:
+        """Make everything committed so far durable (one commit with ``synchronous=FULL``
+        syncs SQLite's log), then copy its log into the database file as far as readers
+        allow, without waiting for them."""
+        with self._transaction(durable=True):
+            self._applied(seq)
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _transaction(self, durable: bool = False):
+        return _Transaction(self._db, self.path, durable)
+
+    # ------------------------------------------------------------------ reads
+    def uids_of(self, keys: list[Key], *, for_write: bool = False) -> np.ndarray:
+        """Current uid of each key (int64), -1 where absent (``for_write``: through the
+        writer's connection, for a write that depends on it)."""
+        found: dict[tuple[type, Key], int] = {}
+        with self._read(for_write) as con:
+            for part in self._chunks(keys):
+                marks = ",".join("?" * len(part))
+                for key, uid in con.execute(f"SELECT key, uid FROM points WHERE key IN ({marks})", part):
+                    found[(type(key), key)] = uid
+        return np.array([found.get((type(k), k), -1) for k in keys], np.int64)
 
     def get(self, keys: list[Key]) -> list[tuple[int, dict] | None]:
-        """(uid, payload) of each key, None where absent."""
+        """(uid, payload) of the current version of each key, None where absent."""
         found: dict[tuple[type, Key], tuple[int, dict]] = {}
-        for part in self._chunks(keys):
-            marks = ",".join("?" * len(part))
-            for key, uid, payload in self._reader().execute(
-                    f"SELECT key, uid, payload FROM points WHERE key IN ({marks})", part):
-                found[(type(key), key)] = (uid, json.loads(payload))
+        with self._read() as con:
+            for part in self._chunks(keys):
+                marks = ",".join("?" * len(part))
+                for key, uid, payload in con.execute(
+                        f"SELECT key, uid, payload FROM points WHERE key IN ({marks})", part):
+                    found[(type(key), key)] = (uid, json.loads(payload))
         return [found.get((type(k), k)) for k in keys]
 
-    def keys_of(self, uids: np.ndarray, *, payloads: bool = True,
-                as_text: bool = False) -> dict[int, tuple[Key, Any]]:
+    def versions(self, keys: list[Key]) -> list[list[tuple[int, str]]]:
+        """Every version not yet purged of each key: [(uid, payload JSON text)], current or
+        retired (a caller picks the one its snapshot shows)."""
+        found: dict[tuple[type, Key], list[tuple[int, str]]] = {}
+        with self._read() as con:
+            for part in self._chunks(keys):
+                marks = ",".join("?" * len(part))
+                for table in self._tables(True):
+                    for key, uid, payload in con.execute(
+                            f"SELECT key, uid, payload FROM {table} WHERE key IN ({marks})", part):
+                        found.setdefault((type(key), key), []).append((uid, payload))
+        return [found.get((type(k), k), []) for k in keys]
+
+    def keys_of(self, uids: np.ndarray, *, payloads: bool = True, as_text: bool = False,
+                retired: bool = False) -> dict[int, tuple[Key, Any]]:
         """{uid: (key, payload)} of the uids present (payload None unless ``payloads``; its
-        JSON text with ``as_text``)."""
-        found: dict[int, tuple[Key, dict | None]] = {}
+        JSON text with ``as_text``); ``retired``: versions not yet purged too."""
+        found: dict[int, tuple[Key, Any]] = {}
         ulist = [int(u) for u in uids]
-        con = self._reader()
-        for lo in range(0, len(ulist), _CHUNK):
-            part = ulist[lo:lo + _CHUNK]
-            marks = ",".join("?" * len(part))
-            if payloads:
-                for uid, key, payload in con.execute(
-                        f"SELECT uid, key, payload FROM points WHERE uid IN ({marks})", part):
-                    found[uid] = (key, payload if as_text else json.loads(payload))
-            else:
-                for uid, key in con.execute(f"SELECT uid, key FROM points WHERE uid IN ({marks})", part):
-                    found[uid] = (key, None)
+        cols = "uid, key, payload" if payloads else "uid, key, NULL"
+        with self._read() as con:
+            for lo in range(0, len(ulist), _CHUNK):
+                part = ulist[lo:lo + _CHUNK]
+                marks = ",".join("?" * len(part))
+                for table in self._tables(retired):
+                    for uid, key, payload in con.execute(f"SELECT {cols} FROM {table} WHERE uid IN ({marks})", part):
+                        found[uid] = (key, payload if as_text or not payloads else json.loads(payload))
         return found
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """(uids, keys) int64 of every point whose key is an integer."""
-        rows = self._reader().execute("SELECT uid, key FROM points WHERE typeof(key) = 'integer'").fetchall()
+        """(uids, keys) int64 of every version (retired ones too) whose key is an integer."""
+        rows: list = []
+        with self._read() as con:
+            for table in self._tables(True):
+                rows += con.execute(f"SELECT uid, key FROM {table} WHERE typeof(key) = 'integer'").fetchall()
         arr = np.array(rows, np.int64).reshape(-1, 2)
         return arr[:, 0].copy(), arr[:, 1].copy()
 
-    def uids_where(self, flt: dict | None = None, *, for_write: bool = False) -> np.ndarray:
-        """Sorted uids of the points matching a filter (all points without one)."""
-        con = self._db if for_write else self._reader()
-        if flt is None:
-            rows = con.execute("SELECT uid FROM points ORDER BY uid")
-        else:
-            sql, params = compile_filter(flt, indexed=self.indexed)
-            rows = con.execute(f"SELECT uid FROM points WHERE {sql} ORDER BY uid", params)
-        return np.fromiter((u for (u,) in rows), np.int64)
+    def uids_where(self, flt: dict | None = None, *, for_write: bool = False,
+                   retired: bool = False) -> np.ndarray:
+        """Sorted uids of the current points matching a filter (all points without one);
+        ``retired``: versions not yet purged too."""
+        sql, params = ("1", []) if flt is None else compile_filter(flt, indexed=self.indexed)
+        out = []
+        with self._read(for_write) as con:
+            for table in self._tables(retired):
+                out.append(np.fromiter((u for (u,) in con.execute(
+                    f"SELECT uid FROM {table} WHERE {sql}", params)), np.int64))
+        return np.sort(np.concatenate(out))
+
+    def retired_uids(self) -> np.ndarray:
+        with self._read(for_write=not self.read_only) as con:
+            if not self._has_retired:
+                return np.zeros(0, np.int64)
+            return np.fromiter((u for (u,) in con.execute("SELECT uid FROM retired")), np.int64)
 
     def count(self, flt: dict | None = None) -> int:
-        con = self._reader()
-        if flt is None:
-            return con.execute("SELECT count(*) FROM points").fetchone()[0]
-        sql, params = compile_filter(flt, indexed=self.indexed)
-        return con.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
-
-    def checkpoint(self) -> None:
-        """Write SQLite's own log into the database file and sync it, so that the state so far
-        survives without the collection's write-ahead log."""
-        self._db.execute("PRAGMA wal_checkpoint(FULL)")
-
-    def _transaction(self):
-        return _Transaction(self._db)
+        """Number of current points (matching ``flt``)."""
+        with self._read() as con:
+            if flt is None:
+                return con.execute("SELECT count(*) FROM points").fetchone()[0]
+            sql, params = compile_filter(flt, indexed=self.indexed)
+            return con.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error, the commit's included).
+    A ``durable`` one commits with ``synchronous=FULL``: SQLite syncs its log first."""
+
+    def __init__(self, db: sqlite3.Connection, path: str, durable: bool) -> None:
+        self._db, self._path, self._durable = db, path, durable
 
     def __enter__(self) -> None:
+        if self._durable:
+            self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            if exc_type is None:
+                try:
+                    files.sqlite_commit(self._path)
+                    self._db.execute("COMMIT")
+                    return
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            self._db.execute("ROLLBACK")
+        finally:
+            if self._durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")

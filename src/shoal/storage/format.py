@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from shoal.errors import CorruptIndexError
+from shoal.storage import files
 from shoal.kernels.graph import OK, PROBLEMS, check_graph
 
 MAGIC = b"SHOALIDX"
@@ -91,27 +92,16 @@ def write_index(path: str | os.PathLike, header: dict[str, Any], sections: dict[
         if len(blob) == size:
             break
         size = len(blob)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, VERSION, len(blob), zlib.crc32(blob) & 0xFFFFFFFF))
-            f.write(blob)
-            for entry, arr in zip(table, arrays.values()):
-                f.write(b"\0" * (entry["offset"] - f.tell()))
-                f.write(_bytes(arr))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def chunks():
+        yield _PREFIX.pack(MAGIC, VERSION, len(blob), zlib.crc32(blob) & 0xFFFFFFFF)
+        yield blob
+        at = _PREFIX.size + len(blob)
+        for entry, arr in zip(table, arrays.values()):
+            yield b"\0" * (entry["offset"] - at)
+            yield _bytes(arr)
+            at = entry["offset"] + entry["nbytes"]
+
+    files.replace_atomically(path, chunks())
 
 
 def _parse_header(path: str, f) -> dict[str, Any]:

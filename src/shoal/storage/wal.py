@@ -8,10 +8,13 @@ File layout (little-endian), format version 1::
 
 Sequence numbers are consecutive from the header's first one. A record is acknowledged when
 ``append`` returns: by then it has been written and fsynced (``sync=False`` leaves the fsync
-to a later ``sync()``, for callers that group writes). Opening a log reads it from the start
-and keeps the longest valid prefix: a record that is cut short (a crash mid-write), fails its
-CRC, or breaks the sequence ends the log there; the file is truncated to that point with a
-``WalTruncatedWarning``, never an exception. The payload is opaque bytes.
+to a later ``sync()``, for callers that group writes). Opening a log reads it from the start.
+A damaged or unfinished *tail* (a crash mid-write: the last record cut short, or bytes that
+were never synced) is cut off with a ``WalTruncatedWarning``. Damage *followed by a valid
+record* is not a crash's doing: the log refuses to open with ``CorruptIndexError`` naming the
+file and byte offset and leaves the file as it is; ``salvage_log`` is the explicit way out
+(it keeps the valid prefix and moves the damaged file aside, never deleting it). The payload
+is opaque bytes. Every write, fsync and truncation goes through ``shoal.storage.files``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from shoal.errors import CorruptIndexError, InvalidArgumentError
+from shoal.storage import files
 
 MAGIC = b"SHOALWAL"
 VERSION = 1
@@ -47,15 +53,6 @@ def _crc(seq: int, kind: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack("<QB", seq, kind))) & 0xFFFFFFFF
 
 
-def fsync_directory(path: str) -> None:
-    """fsync a directory so that a file created or renamed in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WriteAheadLog:
     """Append-only log of (kind, payload) records with consecutive sequence numbers.
 
@@ -75,11 +72,19 @@ class WriteAheadLog:
             self.first_seq, self._records, end = self._scan()
             size = os.fstat(self._file.fileno()).st_size
             if end < size and not read_only:  # a reader leaves a live writer's tail alone
+                after = _next_valid_record(self._file, end, self.last_seq + 1, size)
+                if after is not None:
+                    raise CorruptIndexError(
+                        f"{self.path}: record {self.last_seq + 1} at byte offset {end} is damaged, "
+                        f"but a valid record follows at byte offset {after}: acknowledged writes "
+                        "after the damage would be lost. The file is left as it is; "
+                        "`shoal repair DB` (or shoal.open(path, recover=True)) keeps the records "
+                        "before the damage and moves the damaged log aside")
                 self.truncated_bytes = size - end
                 warnings.warn(f"{self.path}: cut {size - end} bytes of damaged or unfinished log "
                               f"tail after sequence {self.last_seq}", WalTruncatedWarning, stacklevel=2)
-                self._file.truncate(end)
-                os.fsync(self._file.fileno())
+                files.truncate(self._file, end)
+                files.fsync(self._file)
             self._file.seek(end)
         except BaseException:
             self._file.close()
@@ -88,13 +93,7 @@ class WriteAheadLog:
     def _create(self, first_seq: int) -> None:
         if first_seq < 1:
             raise InvalidArgumentError(f"first_seq must be >= 1, got {first_seq}")
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(MAGIC, VERSION, first_seq))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        files.replace_atomically(self.path, [_HEADER.pack(MAGIC, VERSION, first_seq)])
 
     def _scan(self) -> tuple[int, list[tuple[int, int]], int]:
         """(first seq, [(offset, length)] of valid records, end of the valid prefix)."""
@@ -146,7 +145,7 @@ class WriteAheadLog:
             raise InvalidArgumentError(f"a log record holds at most {MAX_PAYLOAD} bytes")
         seq = self.last_seq + 1
         offset = self._file.tell()
-        self._file.write(_RECORD.pack(len(payload), _crc(seq, kind, payload), seq, kind) + payload)
+        files.write(self._file, _RECORD.pack(len(payload), _crc(seq, kind, payload), seq, kind) + payload)
         self._records.append((offset, len(payload)))
         if sync:
             self.sync()
@@ -154,8 +153,7 @@ class WriteAheadLog:
 
     def sync(self) -> None:
         """Make every appended record durable."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        files.fsync(self._file)
 
     def records(self, after: int = 0) -> Iterator[Record]:
         """The records with sequence number > ``after``, in order."""
@@ -167,14 +165,62 @@ class WriteAheadLog:
                 _, _, seq, kind = _RECORD.unpack(f.read(_RECORD.size))
                 yield Record(seq, kind, f.read(length))
 
-    def close(self) -> None:
+    def close(self, *, sync: bool = True) -> None:
+        """Close the file (after an fsync unless ``sync=False``, which a collection that
+        failed uses: it must not touch its files again)."""
         if not self._file.closed:
-            if not self.read_only:
-                self.sync()
-            self._file.close()
+            try:
+                if sync and not self.read_only:
+                    self.sync()
+            finally:
+                self._file.close()
 
     def __enter__(self) -> "WriteAheadLog":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _next_valid_record(f, start: int, first_seq: int, size: int) -> int | None:
+    """Offset of the first valid record (whole, CRC-checked, sequence number >= ``first_seq``)
+    that starts after byte ``start``, or None. Candidates are found with numpy (a uint64 at
+    offset +8 within the range of possible sequence numbers), then checked one by one."""
+    f.seek(start)
+    tail = f.read(size - start)
+    most = first_seq + len(tail) // _RECORD.size
+    for align in range(min(8, len(tail))):
+        words = np.frombuffer(tail, "<u8", count=(len(tail) - align) // 8, offset=align)
+        for i in np.flatnonzero((words >= first_seq) & (words <= most)).tolist():
+            rel = align + 8 * i - 8  # the seq field is at +8 in a record's header
+            if rel <= 0 or rel + _RECORD.size > len(tail):
+                continue
+            length, crc, seq, kind = _RECORD.unpack_from(tail, rel)
+            body = rel + _RECORD.size
+            if body + length <= len(tail) and _crc(seq, kind, tail[body:body + length]) == crc:
+                return start + rel
+    return None
+
+
+def salvage_log(path: str | os.PathLike) -> tuple[int, str | None]:
+    """Keep the valid prefix of a log whose middle is damaged: the whole file is moved aside
+    to ``PATH.damaged-N`` (never deleted) and ``PATH`` is rewritten with the records before
+    the damage. Returns (records kept, the damaged file's new path or None if the log was
+    not damaged)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        probe = WriteAheadLog.__new__(WriteAheadLog)
+        probe.path, probe._file = path, f
+        first, records, end = probe._scan()
+        size = os.fstat(f.fileno()).st_size
+        if end == size or _next_valid_record(f, end, first + len(records), size) is None:
+            return len(records), None
+        f.seek(0)
+        whole = f.read()
+    n = 1
+    while os.path.exists(f"{path}.damaged-{n}"):
+        n += 1
+    aside = f"{path}.damaged-{n}"
+    files.replace_atomically(aside, [whole])  # a copy first: the records stay on disk throughout
+    files.replace_atomically(path, [whole[:end]])
+    return len(records), aside
