@@ -431,11 +431,11 @@ class Collection:
         """Whether an I/O error has stopped this handle's writes (reopen the collection)."""
         return self._failed is not None
 
-    def close(self) -> None:
+    def close(self, *, checkpoint: bool = True) -> None:
         """Checkpoint (so that the next open replays nothing) and close the files. A failed
         collection closes without writing anything."""
         try:
-            if not self.read_only and self._failed is None:
+            if checkpoint and not self.read_only and self._failed is None:
                 with self._writing("close"):
                     if self._logged_rows or (self._active is not None and self._snap.segments[-1].file is None):
                         self._checkpoint_locked()

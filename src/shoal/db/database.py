@@ -14,7 +14,10 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from shoal import _validate
@@ -28,6 +31,7 @@ from shoal.errors import (
     InvalidTypeError,
     LockedError,
     ReadOnlyError,
+    StorageError,
 )
 from shoal.storage import files
 
@@ -85,6 +89,10 @@ class Database:
             self._lock_file.truncate(0)
             self._lock_file.write(str(os.getpid()))
             self._lock_file.flush()
+            root = os.path.join(self.path, "collections")
+            for entry in os.listdir(root):  # the remains of a create or a drop that crashed
+                if entry.startswith("."):
+                    files.rmtree(os.path.join(root, entry))
 
     def _dir(self, name: str) -> str:
         return os.path.join(self.path, "collections", check_name(name))
@@ -99,7 +107,17 @@ class Database:
         root = os.path.join(self.path, "collections")
         if not os.path.isdir(root):
             return []
-        return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "manifest.json")))
+        return sorted(n for n in os.listdir(root)
+                      if not n.startswith(".") and os.path.isfile(os.path.join(root, n, "manifest.json")))
+
+    @contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        """Database-level writes (create, drop) are atomic by rename; an I/O error is reported
+        as ``StorageError`` and leaves at most a hidden directory that the next open removes."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"{what} failed with an I/O error ({exc})") from exc
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
                           ef_construction: int = 40) -> Collection:
@@ -116,11 +134,12 @@ class Database:
         ef_construction = _validate.positive_int(ef_construction, "ef_construction")
         if os.path.exists(os.path.join(path, "manifest.json")):
             raise CollectionExistsError(f"collection {name!r} already exists")
-        if os.path.exists(path):  # the remains of a create that crashed
-            files.rmtree(path)
-        manifest_file.create(path, {"name": name, "dim": dim, "metric": metric, "m": m,
-                                    "ef_construction": ef_construction})
-        return self._get_locked(name, path)
+        with self._io(f"creating collection {name!r}"):
+            if os.path.exists(path):  # the remains of a create from before format 2's manifest
+                files.rmtree(path)
+            manifest_file.create(path, {"name": name, "dim": dim, "metric": metric, "m": m,
+                                        "ef_construction": ef_construction})
+            return self._get_locked(name, path)
 
     def get_collection(self, name: str) -> Collection:
         """An existing collection; ``CollectionNotFoundError`` (a ``KeyError``) if absent."""
@@ -151,20 +170,29 @@ class Database:
         if not os.path.isfile(os.path.join(path, "manifest.json")):
             raise CollectionNotFoundError(f"no collection named {name!r}")
         if name in self._open:
-            self._open.pop(name).close()
-        doomed = path + ".dropping"
-        files.rename(path, doomed)
-        files.fsync_directory(os.path.dirname(path))
-        files.rmtree(doomed)
+            self._open.pop(name).close(checkpoint=False)  # its files are about to go
+        doomed = os.path.join(os.path.dirname(path), f".{name}.dropping")
+        with self._io(f"dropping collection {name!r}"):
+            files.rename(path, doomed)
+            files.fsync_directory(os.path.dirname(path))
+            files.rmtree(doomed)
 
     def close(self) -> None:
+        """Close every collection (each checkpoints) and release the writer's lock, even if
+        a collection's close fails (its error is raised after the others are closed)."""
         with self._lock:
+            errors = []
             for col in self._open.values():
-                col.close()
+                try:
+                    col.close()
+                except Exception as exc:  # noqa: BLE001 - raised below, after the rest close
+                    errors.append(exc)
             self._open.clear()
             if self._lock_file is not None:
                 self._lock_file.close()
                 self._lock_file = None
+            if errors:
+                raise errors[0]
 
     def __enter__(self) -> "Database":
         return self

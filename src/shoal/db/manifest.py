@@ -50,9 +50,9 @@ def write_manifest(path: str, segments: list[str], active: str | None, checkpoin
 
 
 def create(path: str, config: dict) -> None:
-    """Create a collection directory (empty, no segments) atomically: built under a temp name
-    and renamed into place."""
-    tmp = path + ".creating"
+    """Create a collection directory (empty, no segments) atomically: built under a hidden
+    temp name (``.NAME.creating``, never a collection's name) and renamed into place."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.creating")
     if os.path.exists(tmp):
         files.rmtree(tmp)
     files.makedirs(tmp)

@@ -374,13 +374,14 @@ class PayloadStore:
         found: dict[int, tuple[Key, Any]] = {}
         ulist = [int(u) for u in uids]
         cols = "uid, key, payload" if payloads else "uid, key, NULL"
+        tables = self._tables(retired)
         with self._read() as con:
             for lo in range(0, len(ulist), _CHUNK):
                 part = ulist[lo:lo + _CHUNK]
                 marks = ",".join("?" * len(part))
-                for table in self._tables(retired):
-                    for uid, key, payload in con.execute(f"SELECT {cols} FROM {table} WHERE uid IN ({marks})", part):
-                        found[uid] = (key, payload if as_text or not payloads else json.loads(payload))
+                sql = " UNION ALL ".join(f"SELECT {cols} FROM {t} WHERE uid IN ({marks})" for t in tables)
+                for uid, key, payload in con.execute(sql, part * len(tables)):
+                    found[uid] = (key, payload if as_text or not payloads else json.loads(payload))
         return found
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
