@@ -232,6 +232,23 @@ def compact(db: Path = typer.Argument(..., help="database directory"),
 
 
 @app.command()
+def repair(db: Path = typer.Argument(..., help="database directory")) -> None:
+    """Open every collection, keeping what comes before damage in the middle of a log; the
+    damaged log is moved aside (PATH.damaged-N), never deleted. Writes after the damage are
+    lost: run it only when `shoal info` reports a damaged log."""
+    import warnings
+
+    with shoal.open(db, recover=True) as database:
+        for name in database.list_collections():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                col = database.get_collection(name)
+            moved = [str(w.message) for w in caught if "damaged" in str(w.message)]
+            state = moved[0] if moved else "log sound, nothing to repair"
+            out.print(f"{name}: {col.count():,} points; {state}")
+
+
+@app.command()
 def export(db: Path = typer.Argument(..., help="database directory"),
            collection: str = typer.Argument(..., help="collection name"),
            file: Path = typer.Argument(..., help=".jsonl (ids, vectors, payloads) or .npy (vectors only)")) -> None:

@@ -191,6 +191,11 @@ class Collection:
                 self._next_uid = max(self._next_uid, int(uids.max()) + 1)
             elif rec.kind == DELETE and writer and rec.seq > applied:
                 self._store.delete_uids(decode_delete(rec.payload), rec.seq)
+        if writer and self._store.applied_seq > self._wal.last_seq:
+            # Records the store applied but the log no longer holds (a repair cut them, or a
+            # power loss took the log's unsynced tail but not SQLite's) are undone in the store.
+            kept = np.sort(np.concatenate([s.uids for s in self._snap.segments] or [np.zeros(0, np.int64)]))
+            self._store.roll_back(self._wal.last_seq, kept)
         live = self._store.uids_where(for_write=writer)
         segments = []
         for seg in self._snap.segments:
@@ -198,12 +203,7 @@ class Collection:
             segments.append(replace(seg, live=mask, dead=int(mask.size - mask.sum())))
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
         if writer:
-            # No snapshot of this process can show a retired version yet; and current rows in
-            # no segment lost their vectors with a damaged log that a repair cut off.
-            self._store.purge(through_seq=2**62)
-            stray = np.setdiff1d(live, np.concatenate([s.uids for s in segments] or [np.zeros(0, np.int64)]))
-            if stray.size:
-                self._store.remove_current(stray)
+            self._store.purge(through_seq=2**62)  # no snapshot of this process shows a retired version
 
     def _new_index(self) -> Index:
         index = Index(self.dim, self._index_metric, m=self.config["m"],

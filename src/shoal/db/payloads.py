@@ -313,12 +313,28 @@ class PayloadStore:
             self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(u,) for u in doomed])
         return len(doomed)
 
-    def remove_current(self, uids: np.ndarray) -> None:
-        """Remove current rows outright (rows whose vectors were lost with a damaged log that
-        a repair cut off: nothing can show them)."""
+    def roll_back(self, last_seq: int, kept_uids: np.ndarray) -> int:
+        """Undo what log records after ``last_seq`` did here, when those records are gone (a
+        damaged log cut by a repair, or a log tail that a power loss took while this store kept
+        it): current rows that are not among ``kept_uids`` (sorted; the row ids the segments
+        and the log still hold) are removed, the versions those records retired come back,
+        and ``applied_seq`` becomes ``last_seq``. Returns how many rows it removed."""
+        current = self.uids_where(for_write=True)
+        stray = np.setdiff1d(current, kept_uids)
+        back = [u for (u,) in self._db.execute("SELECT uid FROM retired WHERE seq > ?", (int(last_seq),))]
+        back_arr = np.array(back, np.int64)
+        restore = back_arr[np.isin(back_arr, kept_uids)]
+        if not stray.size and not back and self.applied_seq <= last_seq:
+            return 0
+        doomed = [(int(u),) for u in np.concatenate([stray, back_arr[~np.isin(back_arr, kept_uids)]])]
         with self._transaction(durable=True):
-            self._db.executemany("DELETE FROM points WHERE uid = ?", [(int(u),) for u in uids])
-            self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(int(u),) for u in uids])
+            self._db.executemany("DELETE FROM points WHERE uid = ?", doomed)
+            self._db.executemany("DELETE FROM field_index WHERE uid = ?", doomed)
+            self._db.executemany("INSERT INTO points SELECT uid, key, payload FROM retired WHERE uid = ?",
+                                 [(int(u),) for u in restore])
+            self._db.executemany("DELETE FROM retired WHERE uid = ?", [(u,) for u in back])
+            self._applied(last_seq)
+        return len(doomed)
 
     def checkpoint(self, seq: int | None = None) -> None:
         """Make everything committed so far durable (one commit with ``synchronous=FULL``
