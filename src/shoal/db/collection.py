@@ -117,10 +117,17 @@ class Collection:
                 warnings.warn(f"{wal_path}: damaged in the middle; kept its first {kept} records and "
                               f"moved the damaged log to {aside}", RuntimeWarning, stacklevel=3)
         _, manifest = manifest_file.read(self.path)
-        self._wal = WriteAheadLog(wal_path, first_seq=manifest["checkpoint_seq"] + 1)
+        checkpoint = manifest["checkpoint_seq"]
+        self._wal = WriteAheadLog(wal_path, first_seq=checkpoint + 1)
         try:
-            if self._wal.first_seq > manifest["checkpoint_seq"] + 1:
+            if self._wal.first_seq > checkpoint + 1:
                 raise CorruptIndexError(f"{self.path}: the log starts after the manifest's position")
+            if self._wal.last_seq < checkpoint:
+                # The log a checkpoint was replacing, with an unsynced tail that a power loss
+                # took (``durability="batch"``): the segments hold all of it. Start the next.
+                self._wal.close(sync=False)
+                files.unlink(wal_path)
+                self._wal = WriteAheadLog(wal_path, first_seq=checkpoint + 1)
             segments = self._load_segments(manifest)
             self._remove_orphans({s.file for s in segments})
             self._start(manifest, segments, through=None)
@@ -191,11 +198,11 @@ class Collection:
                 self._next_uid = max(self._next_uid, int(uids.max()) + 1)
             elif rec.kind == DELETE and writer and rec.seq > applied:
                 self._store.delete_uids(decode_delete(rec.payload), rec.seq)
-        if writer and self._store.applied_seq > self._wal.last_seq:
+        if writer and self._store.applied_seq > max(self._wal.last_seq, self._checkpoint):
             # Records the store applied but the log no longer holds (a repair cut them, or a
             # power loss took the log's unsynced tail but not SQLite's) are undone in the store.
             kept = np.sort(np.concatenate([s.uids for s in self._snap.segments] or [np.zeros(0, np.int64)]))
-            self._store.roll_back(self._wal.last_seq, kept)
+            self._store.roll_back(max(self._wal.last_seq, self._checkpoint), kept)
         live = self._store.uids_where(for_write=writer)
         segments = []
         for seg in self._snap.segments:

@@ -78,7 +78,14 @@ class Database:
             if not os.path.isdir(self.path):
                 raise FileNotFoundError(f"no shoal database at {self.path}")
         else:
-            os.makedirs(os.path.join(self.path, "collections"), exist_ok=True)
+            root = os.path.join(self.path, "collections")
+            if not os.path.isdir(root):
+                try:
+                    files.makedirs(root)
+                    files.fsync_directory(self.path)
+                    files.fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+                except OSError as exc:
+                    raise StorageError(f"creating the database at {self.path} failed ({exc})") from exc
             self._lock_file = open(os.path.join(self.path, "LOCK"), "a+")
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -89,7 +96,6 @@ class Database:
             self._lock_file.truncate(0)
             self._lock_file.write(str(os.getpid()))
             self._lock_file.flush()
-            root = os.path.join(self.path, "collections")
             for entry in os.listdir(root):  # the remains of a create or a drop that crashed
                 if entry.startswith("."):
                     files.rmtree(os.path.join(root, entry))

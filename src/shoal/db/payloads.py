@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import numbers
 import sqlite3
 import threading
@@ -170,6 +171,8 @@ class PayloadStore:
                              "(field TEXT NOT NULL, type TEXT NOT NULL, value, uid INTEGER NOT NULL)")
             self._db.execute("CREATE INDEX IF NOT EXISTS field_index_value ON field_index (field, type, value)")
             self._db.execute("CREATE INDEX IF NOT EXISTS field_index_uid ON field_index (uid)")
+            files.sqlite_committed(path, False)
+            files.fsync_directory(os.path.dirname(os.path.abspath(path)))  # the new files' names
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -454,11 +457,12 @@ class _Transaction:
                 try:
                     files.sqlite_commit(self._path)
                     self._db.execute("COMMIT")
-                    return
                 except BaseException:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
+                files.sqlite_committed(self._path, self._durable)
+                return
             self._db.execute("ROLLBACK")
         finally:
             if self._durable:

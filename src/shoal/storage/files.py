@@ -9,7 +9,9 @@ directory as a power loss could leave it (``tests/storage``).
 
 Events passed to the hook: ``(op, path, info)`` where ``op`` is one of ``write`` (info:
 ``offset``, ``data``), ``fsync``, ``truncate`` (``size``), ``create`` (a new empty file),
-``rename`` (``dst``), ``unlink``, ``fsync_dir``, ``mkdir``, ``rmtree``, ``sqlite_commit``.
+``rename`` (``dst``), ``unlink``, ``fsync_dir``, ``mkdir``, ``rmtree``, ``sqlite_commit`` (before
+a commit of the payload store) and ``sqlite_committed`` (after it; ``durable``: whether it was a
+``synchronous=FULL`` commit, which SQLite syncs).
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ def sqlite_commit(path: str) -> None:
     """Called just before the payload store commits a transaction (SQLite does its own I/O;
     this lets a test fail the commit as a disk error would)."""
     event("sqlite_commit", path)
+
+
+def sqlite_committed(path: str, durable: bool) -> None:
+    """Called just after the payload store committed (a power-loss test copies SQLite's files
+    here: after a power loss SQLite holds some prefix of its commits, at least through the
+    last durable one)."""
+    event("sqlite_committed", path, durable=durable)
 
 
 def replace_atomically(path: str, chunks: Iterable[bytes | memoryview]) -> None:

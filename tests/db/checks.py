@@ -1,0 +1,25 @@
+"""Checks shared by the durability tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def state(db) -> dict:
+    """What the database holds, read through the public API: every collection's points."""
+    out = {}
+    for name in db.list_collections():
+        col = db.get_collection(name)
+        points = {}
+        for ids, vectors, payloads in col.scan():
+            for key, v, p in zip(ids, vectors, payloads):
+                points[key] = (tuple(v.tolist()), p)
+        assert col.count() == len(points)
+        keys = list(points)
+        for key, got in zip(keys, col.get(keys) if keys else []):  # get agrees with scan
+            assert got is not None and (tuple(got["vector"].tolist()), got["payload"]) == points[key]
+        for key in keys[:5]:  # and search finds each point where it is
+            hits = col.search(np.array(points[key][0], np.float32), k=1, ef=64)
+            assert hits and hits[0].distance <= 1e-5
+        out[name] = points
+    return out
