@@ -117,3 +117,59 @@ def test_readers_see_a_deleted_point_once_or_not_at_all(tmp_path):
         t.join(300)
     assert not errors and not bad, (errors[:3], bad[:5])
     db.close()
+
+
+READER = r"""
+import json, sys, numpy as np, shoal
+path, rounds = sys.argv[1], int(sys.argv[2])
+x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+print("ready", flush=True)
+bad = []
+for r in range(rounds):
+    with shoal.open(path, read_only=True) as db:
+        col = db.get_collection("c")
+        for _ in range(3):
+            hits = [h.id for h in col.search(x[3], k=25, ef=200)]
+            ids = [i for i in hits if i < 1000]
+            if sorted(ids) != list(range(20)) or len(set(hits)) != len(hits):
+                bad.append(["search", r, sorted(hits)])
+        got = col.get(list(range(20)))
+        scanned = sum(len(ids) for ids, _, _ in col.scan())
+        if any(g is None or g["vector"] is None for g in got) or col.count() != scanned:
+            bad.append(["get/count", r, col.count(), scanned])
+print(json.dumps(bad), flush=True)
+"""
+
+
+def test_read_only_processes_see_each_point_once_while_the_writer_checkpoints_seals_and_compacts(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "db"
+    db = shoal.open(path, policy=TINY)
+    col = db.create_collection("c", dim=8, metric="l2")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 8)).astype(np.float32)
+    col.upsert(list(range(20)), x, [{"r": 0}] * 20)
+    col.upsert(list(range(1000, 1100)), rng.standard_normal((100, 8)).astype(np.float32) + 50)
+    col.checkpoint()
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(path), "40"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in readers:
+        assert proc.stdout.readline() == "ready\n"
+    r = 0
+    states = set()
+    while any(proc.poll() is None for proc in readers):
+        r += 1
+        col.upsert(list(range(20)), x, [{"r": r}] * 20)  # the same points again: new row ids
+        col.upsert(list(range(2000 + 10 * r, 2010 + 10 * r)), rng.standard_normal((10, 8)).astype(np.float32) + 50)
+        states.add((len(col.stats()["segments"]), col.stats()["log_records"] == 0))
+        if r % 7 == 0:
+            col.compact()
+    results = [proc.communicate(timeout=60) for proc in readers]
+    db.close()
+    for proc, (out, err) in zip(readers, results):
+        assert proc.returncode == 0, err[-2000:]
+        assert json.loads(out) == [], out[:2000]
+    assert r > 20 and len(states) > 2  # the writer went through checkpoints, seals and compactions

@@ -159,11 +159,11 @@ class WriteAheadLog:
         """The records with sequence number > ``after``, in order."""
         start = max(after + 1 - self.first_seq, 0)
         self._file.flush()
-        with open(self.path, "rb") as f:
-            for offset, length in self._records[start:]:
-                f.seek(offset)
-                _, _, seq, kind = _RECORD.unpack(f.read(_RECORD.size))
-                yield Record(seq, kind, f.read(length))
+        fd = self._file.fileno()  # the open file, even if a writer has since replaced the path
+        for offset, length in self._records[start:]:
+            raw = os.pread(fd, _RECORD.size + length, offset)
+            _, _, seq, kind = _RECORD.unpack_from(raw)
+            yield Record(seq, kind, raw[_RECORD.size:])
 
     def close(self, *, sync: bool = True) -> None:
         """Close the file (after an fsync unless ``sync=False``, which a collection that
