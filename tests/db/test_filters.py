@@ -115,3 +115,50 @@ def test_deep_nesting_is_refused():
         flt = {"$not": flt}
     with pytest.raises(FilterError, match="nested more than"):
         compile_filter(flt)
+
+
+INDEXED = ["a", "b", "c", "a.b", "b.c", "a.a"]  # every path the generated filters use
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(payloads, min_size=1, max_size=8), flt=filters)
+def test_payload_indexes_agree_with_the_model(rows, flt):
+    """The same filters, every field indexed: conditions read field_index instead of JSON."""
+    import tempfile
+
+    import numpy as np
+
+    from shoal.db.payloads import PayloadStore, encode_payloads
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = PayloadStore(tmp + "/p.sqlite")
+        for field in INDEXED[:3]:  # some fields indexed before the rows arrive, some after
+            store.create_index(field)
+        store.upsert(list(range(len(rows))), np.arange(len(rows)), encode_payloads(rows, len(rows)), 1)
+        for field in INDEXED[3:]:
+            store.create_index(field)
+        try:
+            assert store.uids_where(flt).tolist() == [i for i, r in enumerate(rows) if matches(flt, r)]
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["json", "indexed"])
+@pytest.mark.parametrize("op, bound, want", [
+    ("$gt", 2, [3, 4]), ("$gte", 2, [2, 3, 4]), ("$lt", 2, [0, 1]), ("$lte", 2, [0, 1, 2]),
+    ("$gt", 2.0, [3, 4]), ("$gte", 2.0, [2, 3, 4]), ("$lt", 1.5, [0, 1]), ("$lte", 1.0, [0, 1]),
+    ("$gt", "b", []), ("$gte", "b", [5]), ("$lt", "b", [4]), ("$lte", "b", [4, 5]),
+])
+def test_comparison_boundaries(tmp_path, indexed, op, bound, want):
+    import numpy as np
+
+    from shoal.db.payloads import PayloadStore, encode_payloads
+
+    rows = [{"v": 0}, {"v": 1.0}, {"v": 2}, {"v": 3}, {"v": [4, "a"]}, {"v": "b"}]
+    store = PayloadStore(str(tmp_path / "p.sqlite"))
+    if indexed:
+        store.create_index("v")
+    store.upsert(list(range(len(rows))), np.arange(len(rows)), encode_payloads(rows, len(rows)), 1)
+    got = store.uids_where({"v": {op: bound}}).tolist()
+    store.close()
+    assert got == want == [i for i, r in enumerate(rows) if matches({"v": {op: bound}}, r)]
