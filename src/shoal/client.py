@@ -20,12 +20,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shoal import _validate, errors
+from shoal import errors
+from shoal.db import contract
 from shoal.db.collection import Hit
-from shoal.db.database import check_name
-from shoal.db.filters import compile_filter
-from shoal.db.payloads import check_keys, encode_payloads
-from shoal.index import DEFAULT_EF
 
 
 def _error(response: Any) -> errors.ShoalError:
@@ -44,11 +41,6 @@ def _error(response: Any) -> errors.ShoalError:
                  for d in body.get("detail", []) if isinstance(d, dict)]
         return errors.InvalidArgumentError("; ".join(parts) or response.text)
     return errors.ShoalError(f"HTTP {response.status_code}: {response.text[:200]}")
-
-
-def _check_filter(flt: Any) -> None:
-    if flt is not None:
-        compile_filter(flt, "payload", set())  # raises FilterError for a malformed filter
 
 
 class Client:
@@ -85,21 +77,16 @@ class Client:
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
                           ef_construction: int = 40) -> "RemoteCollection":
-        check_name(name)
-        dim = _validate.positive_int(dim, "dim")
-        _validate.metric_code(metric)
-        m = _validate.positive_int(m, "m", minimum=2)
-        ef_construction = _validate.positive_int(ef_construction, "ef_construction")
-        info = self.request("PUT", f"/collections/{name}", {
-            "dim": dim, "metric": metric, "m": m, "ef_construction": ef_construction})
+        config = contract.prepare_create(name, dim, metric, m, ef_construction)
+        info = self.request("PUT", f"/collections/{name}", {k: config[k] for k in ("dim", "metric", "m", "ef_construction")})
         return RemoteCollection(self, info)
 
     def get_collection(self, name: str) -> "RemoteCollection":
-        check_name(name)
+        contract.prepare_name(name)
         return RemoteCollection(self, self.request("GET", f"/collections/{name}"))
 
     def drop_collection(self, name: str) -> None:
-        check_name(name)
+        contract.prepare_name(name)
         self.request("DELETE", f"/collections/{name}")
 
     def close(self) -> None:
@@ -126,30 +113,21 @@ class RemoteCollection:
         self.config = {k: info[k] for k in ("name", "dim", "metric", "m", "ef_construction")}
         self._path = f"/collections/{self.name}"
 
-    def _vectors(self, vectors: Any, name: str) -> np.ndarray:
-        x, _ = _validate.vectors_and_norms(vectors, self.dim, name,
-                                           need_norms=self.metric == "cosine")
-        return x
-
     def _encoded(self, x: np.ndarray) -> dict[str, Any]:
         if self._client.vector_encoding == "json":
             return {"vectors": x}
         return {"vectors_base64": base64.b64encode(x.astype("<f4").tobytes()).decode("ascii")}
 
     def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
-        keys = check_keys(ids)
-        x = self._vectors(vectors, "vectors")
-        if x.shape[0] != len(keys):
-            raise errors.InvalidArgumentError(
-                f"ids has {len(keys)} entries but vectors has {x.shape[0]} rows")
-        texts = encode_payloads(payloads, len(keys))
-        if not keys:
+        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric)
+        if not prepared.keys:
             return
-        body = {"ids": keys, **self._encoded(x), "payloads": [orjson.Fragment(t) for t in texts]}
+        body = {"ids": prepared.keys, **self._encoded(prepared.vectors),
+                "payloads": [orjson.Fragment(t) for t in prepared.payloads]}
         self._client.request("PUT", f"{self._path}/points", body)
 
     def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
-        keys = check_keys(ids)
+        keys = contract.prepare_keys(ids)
         points = self._client.request("POST", f"{self._path}/points/get",
                                       {"ids": keys, "with_vector": bool(with_vector)})["points"]
         for p in points:
@@ -161,45 +139,61 @@ class RemoteCollection:
         return points
 
     def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
-        if (ids is None) == (filter is None):
-            raise errors.InvalidArgumentError("delete takes ids or filter (exactly one)")
-        body: dict[str, Any] = {"ids": check_keys(ids)} if ids is not None else {"filter": filter}
-        _check_filter(filter)
+        keys, flt = contract.prepare_delete(ids, filter)
+        body: dict[str, Any] = {"ids": keys} if keys is not None else {"filter": flt}
         return int(self._client.request("POST", f"{self._path}/points/delete", body)["deleted"])
 
     def count(self, filter: dict | None = None) -> int:
-        _check_filter(filter)
-        return int(self._client.request("POST", f"{self._path}/points/count", {"filter": filter})["count"])
+        flt = contract.prepare_filter(filter)
+        return int(self._client.request("POST", f"{self._path}/points/count", {"filter": flt})["count"])
 
     def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
                with_payload: bool = True, with_vector: bool = False,
                num_threads: int | None = None) -> list[Hit] | list[list[Hit]]:
         """As ``shoal.Collection.search`` (``num_threads`` is the server's to choose)."""
-        k, _ = _validate.k_and_ef(k, ef, DEFAULT_EF)
-        one = np.ndim(queries) == 1
-        x = self._vectors(queries, "queries")
-        _check_filter(filter)
-        body = {**({"vector": x[0]} if one else self._encoded(x)), "k": k, "ef": ef, "filter": filter,
-                "with_payload": bool(with_payload), "with_vector": bool(with_vector)}
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
+        body = {**({"vector": s.queries[0]} if s.one else self._encoded(s.queries)), "k": s.k, "ef": s.ef,
+                "filter": s.filter, "with_payload": bool(with_payload), "with_vector": bool(with_vector)}
         got = self._client.request("POST", f"{self._path}/search", body)
-        rows = [got["hits"]] if one else got["results"]
+        rows = [got["hits"]] if s.one else got["results"]
         metric = self.metric
         out = [[Hit(h["id"], h["distance"], metric, h.get("payload"),
                     None if h.get("vector") is None else np.array(h["vector"], np.float32))
                 for h in row] for row in rows]
-        return out[0] if one else out
+        return out[0] if s.one else out
+
+    def scan(self, batch_size: int = 1000):
+        """Every point, as batches of (ids, vectors, payloads), page by page. Each point that
+        exists for the whole scan comes exactly once; one written during it comes in its old
+        or its new version."""
+        limit = contract.prepare_batch_size(batch_size)
+        after, seen = -1, set()
+        while after is not None:
+            page = self._client.request("POST", f"{self._path}/points/scan", {"after": after, "limit": limit})
+            keep = [i for i, key in enumerate(page["ids"]) if (type(key), key) not in seen]
+            seen.update((type(key), key) for key in page["ids"])
+            if keep:
+                vectors = np.array(page["vectors"], np.float32).reshape(-1, self.dim)
+                yield [page["ids"][i] for i in keep], vectors[keep], [page["payloads"][i] for i in keep]
+            after = page["next"]
 
     def compact(self) -> None:
         self._client.request("POST", f"{self._path}/compact")
 
+    def checkpoint(self) -> None:
+        self._client.request("POST", f"{self._path}/checkpoint")
+
     def create_payload_index(self, field: str) -> None:
-        self._client.request("POST", f"{self._path}/payload-index", {"field": field})
+        self._client.request("POST", f"{self._path}/payload-index", {"field": contract.prepare_field(field)})
 
     def stats(self) -> dict[str, Any]:
         return self._client.request("GET", self._path)
 
     def flush(self) -> None:
         """Writes are durable on the server when they return; nothing to do."""
+
+    def close(self) -> None:
+        """Nothing to release: the client holds the connection (``Client.close``)."""
 
     def __len__(self) -> int:
         return self.count()

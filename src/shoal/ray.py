@@ -27,11 +27,11 @@ import numpy as np
 import ray
 
 from shoal import _validate, errors
+from shoal.db import contract
 from shoal.db.collection import Hit
-from shoal.db.database import check_name
-from shoal.db.filters import compile_filter
-from shoal.db.payloads import Key, check_keys, encode_payloads
-from shoal.index import DEFAULT_EF
+from shoal.db.manifest import write_json
+from shoal.db.payloads import Key
+from shoal.storage import files
 
 #: How often and how long the driver retries a call whose actor died (it restarts meanwhile).
 RETRIES = 8
@@ -126,6 +126,18 @@ class _Shard:
     def compact(self) -> None:
         self.col.compact()
 
+    def checkpoint(self) -> None:
+        self.col.checkpoint()
+
+    def flush(self) -> None:
+        self.col.flush()
+
+    def create_payload_index(self, field: str) -> None:
+        self.col.create_payload_index(field)
+
+    def scan_page(self, after: int, limit: int) -> tuple:
+        return self.col.scan_page(after, limit)
+
     def stats(self) -> dict:
         return self.col.stats()
 
@@ -143,21 +155,15 @@ def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: in
     """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in
     ``shard-NNN``, on the disk of the node its actor runs on). ``threads``: numba threads per
     shard (default: the node's cores)."""
-    check_name(name)
-    config = {"name": name, "dim": _validate.positive_int(dim, "dim"), "metric": metric,
-              "m": _validate.positive_int(m, "m", minimum=2),
-              "ef_construction": _validate.positive_int(ef_construction, "ef_construction"),
+    config = {**contract.prepare_create(name, dim, metric, m, ef_construction),
               "shards": _validate.positive_int(shards, "shards")}
-    _validate.metric_code(metric)
     meta = _meta_path(os.fspath(path), name)
     if os.path.exists(meta):
         raise errors.CollectionExistsError(f"sharded collection {name!r} already exists at {path}")
-    os.makedirs(os.path.dirname(meta), exist_ok=True)
-    with open(meta + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(config, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(meta + ".tmp", meta)
+    if not os.path.isdir(os.path.dirname(meta)):
+        files.makedirs(os.path.dirname(meta))
+        files.fsync_directory(os.path.dirname(os.path.dirname(meta)))
+    write_json(meta, config)  # temp, fsync, rename, fsync of the directory
     return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
                              threads=threads)
 
@@ -165,7 +171,7 @@ def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: in
 def open_collection(name: str, *, path: str, max_restarts: int = -1,
                     num_cpus: float = 0, threads: int | None = None) -> "ShardedCollection":
     """Reattach to a sharded collection (after a restart of the driver or of Ray)."""
-    check_name(name)
+    contract.prepare_name(name)
     try:
         with open(_meta_path(os.fspath(path), name), encoding="utf-8") as f:
             config = json.load(f)
@@ -249,11 +255,8 @@ class ShardedCollection:
                 if bounds[s + 1] > bounds[s]}
 
     def _upsert_calls(self, ids: Any, vectors: Any, payloads: Any) -> dict[int, tuple[str, tuple]]:
-        keys = check_keys(ids)
-        x, _ = _validate.vectors_and_norms(vectors, self.dim, "vectors", need_norms=self.metric == "cosine")
-        if x.shape[0] != len(keys):
-            raise errors.InvalidArgumentError(f"ids has {len(keys)} entries but vectors has {x.shape[0]} rows")
-        encode_payloads(payloads, len(keys))  # checks them here, with the embedded errors
+        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric)
+        keys, x = prepared.keys, prepared.vectors
         pays = [None] * len(keys) if payloads is None else list(payloads)
         return {s: ("upsert", ([keys[p] for p in pos], x[pos], [pays[p] for p in pos]))
                 for s, pos in self._route(keys).items()}
@@ -268,7 +271,7 @@ class ShardedCollection:
         """Bulk import: batches go to all shards at once, which build in parallel."""
         x = np.asarray(vectors)
         n = x.shape[0]
-        keys = list(range(n)) if ids is None else check_keys(ids)
+        keys = list(range(n)) if ids is None else contract.prepare_keys(ids)
         if len(keys) != n:
             raise errors.InvalidArgumentError(f"ids has {len(keys)} entries but vectors has {n} rows")
         batch_size = _validate.positive_int(batch_size, "batch_size")
@@ -315,9 +318,9 @@ class ShardedCollection:
         """Bulk import from Parquet (a vector column, an optional id column, payload columns)."""
         from pathlib import Path
 
-        from shoal.cli import _batches_parquet
+        from shoal.readers import batches_parquet
 
-        total, batches = _batches_parquet(Path(file), batch_size, id_field, vector_field)
+        total, batches = batches_parquet(Path(file), batch_size, id_field, vector_field)
         from rich.progress import Progress
 
         done = 0
@@ -330,29 +333,47 @@ class ShardedCollection:
         return done
 
     def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
-        if (ids is None) == (filter is None):
-            raise errors.InvalidArgumentError("delete takes ids or filter (exactly one)")
-        if ids is not None:
-            keys = check_keys(ids)
+        keys, filter = contract.prepare_delete(ids, filter)
+        if keys is not None:
             calls = {s: ("delete", ([keys[p] for p in pos], None)) for s, pos in self._route(keys).items()}
             return int(sum(self._gather(calls).values()))
-        compile_filter(filter)
         return int(sum(self._call_all("delete", None, filter)))
 
     def compact(self) -> None:
         self._call_all("compact")
 
+    def checkpoint(self) -> None:
+        self._call_all("checkpoint")
+
+    def flush(self) -> None:
+        self._call_all("flush")
+
+    def create_payload_index(self, field: str) -> None:
+        self._call_all("create_payload_index", contract.prepare_field(field))
+
+    def scan(self, batch_size: int = 1000):
+        """Every point, shard after shard, as batches of (ids, vectors, payloads); within a
+        shard as ``RemoteCollection.scan`` (each point once, old or new version)."""
+        limit = contract.prepare_batch_size(batch_size)
+        for shard in range(self.shards):
+            after, seen = -1, set()
+            while after is not None:
+                keys, vectors, texts, after = self._call(shard, "scan_page", after, limit)
+                keep = [i for i, key in enumerate(keys) if (type(key), key) not in seen]
+                seen.update((type(key), key) for key in keys)
+                if keep:
+                    yield [keys[i] for i in keep], vectors[keep], [json.loads(texts[i]) for i in keep]
+
     # ------------------------------------------------------------------ reads
     def count(self, filter: dict | None = None) -> int:
-        if filter is not None:
-            compile_filter(filter)
+        contract.prepare_filter(filter)
         return int(sum(self._call_all("count", filter)))
 
     def __len__(self) -> int:
         return self.count()
 
     def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
-        keys = check_keys(ids)
+        keys = contract.prepare_keys(ids)
         routed = self._route(keys)
         got = self._gather({s: ("get", ([keys[p] for p in pos], with_vector)) for s, pos in routed.items()})
         out: list[dict | None] = [None] * len(keys)
@@ -366,12 +387,9 @@ class ShardedCollection:
                allow_partial: bool = False) -> SearchResults:
         """Every shard answers the full ``k`` for the whole batch (one call each); the lists are
         merged by distance."""
-        k, _ = _validate.k_and_ef(k, ef, DEFAULT_EF)
-        one = np.ndim(queries) == 1
-        q = _validate.vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
-        if filter is not None:
-            compile_filter(filter)
-        args = (q, k, filter, ef, with_payload, with_vector)
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
+        q, k, one = s.queries, s.k, s.one
+        args = (q, k, s.filter, s.ef, with_payload, with_vector)
         got = self._gather({i: ("search_rows", args) for i in range(self.shards)}, allow_partial)
         rows = [sorted((hit for part in got.values() for hit in part[r]), key=lambda h: h[1])[:k]
                 for r in range(q.shape[0])]

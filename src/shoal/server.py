@@ -40,14 +40,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoal import errors
+from shoal.db.contract import LIMITS, NAME
 from shoal.db.database import Database, check_name, open_database
 
 #: Request bodies larger than this get 413 (1,000 queries of 1,536 floats fit).
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-Key = Union[_INT64, Annotated[str, Field(min_length=1, max_length=1024)]]
-Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                           description="collection name: letters, digits, _ . -")]
+Key = Union[_INT64, Annotated[str, Field(min_length=1, max_length=LIMITS.max_key_length)]]
+Name = Annotated[str, Path(pattern=f"^{NAME.pattern}$", description="collection name: letters, digits, _ . -")]
 
 
 class _Model(BaseModel):
@@ -55,10 +55,10 @@ class _Model(BaseModel):
 
 
 class CreateCollection(_Model):
-    dim: int = Field(ge=1, le=65_536)
+    dim: int = Field(ge=1, le=LIMITS.max_dim)
     metric: Literal["cosine", "ip", "l2"] = "cosine"
-    m: int = Field(16, ge=2, le=256)
-    ef_construction: int = Field(40, ge=1, le=4_096)
+    m: int = Field(16, ge=2, le=LIMITS.max_m)
+    ef_construction: int = Field(40, ge=1, le=LIMITS.max_ef_construction)
 
 
 class CollectionInfo(BaseModel):
@@ -129,11 +129,23 @@ class Search(_Model):
     vector: Optional[list[float]] = None
     vectors: Optional[list[list[float]]] = Field(None, max_length=10_000)
     vectors_base64: Optional[str] = Field(None, description=_B64_DOC)
-    k: int = Field(10, ge=1, le=10_000)
-    ef: Optional[int] = Field(None, ge=1, le=100_000)
+    k: int = Field(10, ge=1, le=LIMITS.max_k)
+    ef: Optional[int] = Field(None, ge=1, le=LIMITS.max_ef)
     filter: Optional[dict[str, Any]] = None
     with_payload: bool = True
     with_vector: bool = False
+
+
+class ScanRequest(_Model):
+    after: int = Field(-1, ge=-1, description="the cursor: the previous page's next (-1: from the start)")
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+class ScanPage(BaseModel):
+    ids: list[Key]
+    vectors: list[list[float]]
+    payloads: list[dict[str, Any]]
+    next: Optional[int] = Field(description="the cursor of the next page; null at the end")
 
 
 class HitModel(BaseModel):
@@ -150,7 +162,7 @@ class SearchResult(BaseModel):
 
 
 class PayloadIndex(_Model):
-    field: str = Field(min_length=1, max_length=256)
+    field: str = Field(min_length=1, max_length=LIMITS.max_field_length)
 
 
 class Done(BaseModel):
@@ -345,6 +357,18 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
                  "payload": None if payload is None else frag(payload), "vector": vector}
                 for key, d, payload, vector in row] for row in rows]
         return _json({"results": out} if batch else {"hits": out[0]})
+
+    @app.post("/collections/{name}/points/scan", response_model=ScanPage, dependencies=reader)
+    def scan_points(name: Name, body: ScanRequest) -> Any:
+        keys, vectors, payloads, cursor = db.get_collection(name).scan_page(body.after, body.limit)
+        frag = orjson.Fragment
+        return _json({"ids": keys, "vectors": vectors.tolist(), "payloads": [frag(p) for p in payloads],
+                      "next": cursor})
+
+    @app.post("/collections/{name}/checkpoint", response_model=Done, dependencies=writer)
+    def checkpoint(name: Name) -> Any:
+        db.get_collection(name).checkpoint()
+        return {"ok": True}
 
     @app.post("/collections/{name}/compact", response_model=Done, dependencies=writer)
     def compact(name: Name) -> Any:

@@ -41,9 +41,9 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from shoal import _validate
+from shoal.db import contract
 from shoal.db import manifest as manifest_file
-from shoal.db.payloads import Key, PayloadStore, check_keys, encode_payloads
+from shoal.db.payloads import Key, PayloadStore
 from shoal.db.policy import DEFAULT_POLICY, Policy
 from shoal.db.records import DELETE, UPSERT, decode_delete, decode_upsert, encode_delete, encode_upsert
 from shoal.db.snapshot import Epoch, Segment, Snapshot, merge_top_k
@@ -244,15 +244,11 @@ class Collection:
         """Insert or replace points: ids (ints or strings), vectors (n, dim), payloads (JSON
         objects or None). Durable when it returns (``durability="sync"``)."""
         self._check_writable()
-        keys = check_keys(ids)
-        x, norms = _validate.vectors_and_norms(vectors, self.dim, "vectors", need_norms=self.metric == "cosine")
-        if x.shape[0] != len(keys):
-            raise InvalidArgumentError(f"ids has {len(keys)} entries but vectors has {x.shape[0]} rows")
-        texts = encode_payloads(payloads, len(keys))
+        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric)
+        keys, texts = prepared.keys, prepared.payloads
         if not keys:
             return
-        if norms is not None:
-            x = x / norms[:, None]
+        x = prepared.unit()
         with self._writing("upsert"):
             uids = np.arange(self._next_uid, self._next_uid + len(keys), dtype=np.int64)
             self._next_uid += len(keys)  # reserved even if the log write fails
@@ -265,9 +261,7 @@ class Collection:
     def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
         """Delete points by ids or by filter (exactly one); returns how many were deleted."""
         self._check_writable()
-        if (ids is None) == (filter is None):
-            raise InvalidArgumentError("delete takes ids or filter (exactly one)")
-        keys = None if ids is None else check_keys(ids)
+        keys, filter = contract.prepare_delete(ids, filter)
         with self._writing("delete"):
             if keys is not None:
                 uids = self._store.uids_of(keys, for_write=True)
@@ -394,6 +388,7 @@ class Collection:
     def create_payload_index(self, field: str) -> None:
         """Index the payload values at dotted path ``field``: filters on it then read a B-tree
         instead of every payload (same results). Idempotent."""
+        field = contract.prepare_field(field)
         with self._writing("create_payload_index"):
             self._store.create_index(field)
 
@@ -456,6 +451,7 @@ class Collection:
     # snapshot was committed there before it was published and is not purged while it lives.
     def count(self, filter: dict | None = None) -> int:
         """Number of points (matching ``filter``)."""
+        contract.prepare_filter(filter)
         snap = self._snap
         if filter is None:
             return snap.live_count
@@ -463,7 +459,7 @@ class Collection:
 
     def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
         """``{"id", "payload", "vector"}`` of each id, None where absent."""
-        keys = check_keys(ids)
+        keys = contract.prepare_keys(ids)
         snap = self._snap
         out: list[dict | None] = []
         for key, versions in zip(keys, self._store.versions(keys)):
@@ -481,7 +477,7 @@ class Collection:
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[Key], np.ndarray, list[dict]]]:
         """Every point, as batches of (ids, vectors, payloads), from one snapshot (for exports)."""
-        batch_size = _validate.positive_int(batch_size, "batch_size")
+        batch_size = contract.prepare_batch_size(batch_size)
         snap = self._snap
         for seg in snap.segments:
             nodes = seg.live_nodes()
@@ -491,6 +487,29 @@ class Collection:
                 info = self._store.keys_of(uids, payloads=True, retired=True)
                 found = [info[u] for u in uids.tolist()]
                 yield [f[0] for f in found], seg.view.vectors[part], [f[1] for f in found]
+
+    def scan_page(self, after: int = -1, limit: int = 1000) -> tuple[list[Key], np.ndarray, list[str], int | None]:
+        """One page of a scan by row id, for clients that scan over HTTP: the live points whose
+        row id is > ``after``, smallest first, at most ``limit``: (ids, vectors, payload JSON
+        texts, the cursor for the next page or None at the end). A point replaced during such a
+        scan has a new, larger row id: a client keeps the ids it has seen and skips them."""
+        limit = contract.prepare_batch_size(limit)
+        snap = self._snap
+        parts_u, parts_v = [], []
+        for seg in snap.segments:
+            uids = seg.uids
+            lo = int(np.searchsorted(uids, after, side="right"))
+            nodes = lo + np.flatnonzero(seg.live[lo: seg.view.count])[:limit]
+            parts_u.append(uids[nodes])
+            parts_v.append(seg.view.vectors[nodes])
+        uids = np.concatenate(parts_u) if parts_u else np.zeros(0, np.int64)
+        order = np.argsort(uids, kind="stable")[:limit]
+        uids = uids[order]
+        vectors = np.concatenate(parts_v)[order] if parts_v else np.zeros((0, self.dim), np.float32)
+        info = self._store.keys_of(uids, payloads=True, as_text=True, retired=True)
+        found = [info[u] for u in uids.tolist()]
+        more = uids.size == limit
+        return [f[0] for f in found], vectors, [f[1] for f in found], int(uids[-1]) if more else None
 
     def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
                with_payload: bool = True, with_vector: bool = False,
@@ -509,8 +528,8 @@ class Collection:
         """``search`` as plain tuples ``(id, distance, payload, vector)``, one list per query
         (a 1-D query is a batch of one): for callers that serialise results (the server).
         With ``payload_text`` payloads stay the JSON text they are stored as."""
-        k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
-        q = _validate.vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
+        q, k, ef = s.queries, s.k, max(s.k, DEFAULT_EF) if s.ef is None else s.ef
         snap = self._snap
         allowed = None if filter is None else self._store.uids_where(filter, retired=True)
         parts_u, parts_d = [], []

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from shoal import _validate
+from shoal.db import contract
 from shoal.db import manifest as manifest_file
 from shoal.db.collection import Collection
 from shoal.db.policy import DEFAULT_POLICY, Policy
@@ -28,25 +27,15 @@ from shoal.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
     InvalidArgumentError,
-    InvalidTypeError,
     LockedError,
     ReadOnlyError,
     StorageError,
 )
 from shoal.storage import files
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
 def check_name(name: object) -> str:
-    """A collection name: 1-64 of letters, digits, '_', '.', '-', not starting with '.'/'-'/'_'."""
-    if not isinstance(name, str):
-        raise InvalidTypeError(f"collection name must be a string, got {type(name).__name__}")
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise InvalidArgumentError(
-            f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit")
-    return name
+    """A collection name (``shoal.db.contract.prepare_name``)."""
+    return contract.prepare_name(name)
 
 
 class Database:
@@ -133,18 +122,14 @@ class Database:
 
     def _create_locked(self, name: str, dim: int, metric: str, m: int, ef_construction: int) -> Collection:
         self._check_writable()
+        config = contract.prepare_create(name, dim, metric, m, ef_construction)
         path = self._dir(name)
-        dim = _validate.positive_int(dim, "dim")
-        _validate.metric_code(metric)
-        m = _validate.positive_int(m, "m", minimum=2)
-        ef_construction = _validate.positive_int(ef_construction, "ef_construction")
         if os.path.exists(os.path.join(path, "manifest.json")):
             raise CollectionExistsError(f"collection {name!r} already exists")
         with self._io(f"creating collection {name!r}"):
             if os.path.exists(path):  # the remains of a create from before format 2's manifest
                 files.rmtree(path)
-            manifest_file.create(path, {"name": name, "dim": dim, "metric": metric, "m": m,
-                                        "ef_construction": ef_construction})
+            manifest_file.create(path, config)
             return self._get_locked(name, path)
 
     def get_collection(self, name: str) -> Collection:
