@@ -178,7 +178,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 423)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 423, 503)}
 
 
 def _error_response(exc: errors.ShoalError) -> JSONResponse:
