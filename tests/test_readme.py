@@ -57,3 +57,27 @@ def test_readme_example_runs(code, tmp_path, monkeypatch, request):
 
 def test_readme_has_examples():
     assert len(BLOCKS) >= 3 and any(URL in b for b in BLOCKS)
+
+
+def test_readme_names_only_what_exists():
+    """Drift between the README and the code: every ``shoal.NAME`` it mentions exists, every
+    ``.py`` file its layout names is in the tree, and every method of the collection contract
+    is documented."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    import shoal
+    from shoal.db.contract import METHODS
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    for name in sorted(set(re.findall(r"\bshoal\.([A-Za-z_][A-Za-z0-9_]*)", text))):
+        if not hasattr(shoal, name):
+            importlib.import_module(f"shoal.{name}")  # a module (shoal.ray, shoal.server, ...)
+    tree = {p.name for p in root.rglob("*.py") if ".venv" not in p.parts}
+    layout = text[text.index("## Layout"):]
+    for file in sorted(set(re.findall(r"\b([a-z_]+\.py)\b", layout))):
+        assert file in tree, f"README's layout names {file}, which is not in the tree"
+    for method in METHODS:
+        assert f"{method}(" in text or f"`{method}`" in text, f"README does not document {method}"
