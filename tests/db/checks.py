@@ -23,3 +23,29 @@ def state(db) -> dict:
             assert hits and hits[0].distance <= 1e-5
         out[name] = points
     return out
+
+
+def race(write, read, readers: int = 2, timeout: float = 300) -> list[BaseException]:
+    """Run ``write()`` once in a thread and ``read(done)`` in ``readers`` threads until it has
+    finished (``done`` is a ``threading.Event``); returns what any of them raised."""
+    import threading
+
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def guard(fn, *args):
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+        finally:
+            if fn is write:
+                done.set()
+
+    threads = [threading.Thread(target=guard, args=(read, done)) for _ in range(readers)]
+    threads.append(threading.Thread(target=guard, args=(write,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors

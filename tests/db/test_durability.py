@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import shoal
+from tests.db.checks import race
 
 BATCH = 10
 
@@ -174,35 +175,21 @@ def test_readers_see_whole_batches_while_a_writer_upserts_and_compacts(tmp_path)
     db = shoal.open(tmp_path / "db", policy=shoal.Policy(seal_rows=100, checkpoint_min_rows=50))
     col = db.create_collection("c", dim=8, metric="l2")
     vecs = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32) * 10
-    errors: list[BaseException] = []
-    done = threading.Event()
 
     def write():
-        try:
-            for b in range(40):
-                col.upsert([b * 100 + i for i in range(20)], np.repeat(vecs[b:b + 1], 20, 0))
-                if b % 10 == 9:
-                    col.compact()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            done.set()
+        for b in range(40):
+            col.upsert([b * 100 + i for i in range(20)], np.repeat(vecs[b:b + 1], 20, 0))
+            if b % 10 == 9:
+                col.compact()
 
-    def read():
+    def read(done):
         rng = np.random.default_rng(threading.get_ident() % 1000)
-        try:
-            while not done.is_set():
-                b = int(rng.integers(0, 40))
-                hits = col.search(vecs[b], k=25, ef=200)
-                same = [h for h in hits if h.id // 100 == b]
-                assert len(same) in (0, 20), (b, len(same))
-        except BaseException as exc:
-            errors.append(exc)
+        while not done.is_set():
+            b = int(rng.integers(0, 40))
+            hits = col.search(vecs[b], k=25, ef=200)
+            same = [h for h in hits if h.id // 100 == b]
+            assert len(same) in (0, 20), (b, len(same))
 
-    threads = [threading.Thread(target=read) for _ in range(3)] + [threading.Thread(target=write)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = race(write, read, readers=3, timeout=120)
     db.close()
     assert not errors, errors[:3]

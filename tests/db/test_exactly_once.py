@@ -1,7 +1,6 @@
 """Exactly-once results: a search sees every point once, as its old version or its new one,
 while a writer re-upserts, deletes, checkpoints, seals and compacts in another thread."""
 
-import threading
 import time
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 
 import shoal
 from shoal.db.policy import Policy
+from tests.db.checks import race
 
 TINY = Policy(seal_rows=150, checkpoint_min_rows=60, compact_min_rows=40)
 
@@ -38,42 +38,28 @@ def test_readers_see_each_point_once_while_it_is_reupserted(tmp_path, payloads, 
     flt = {"g": "a"} if use_filter else None
     if use_filter and not payloads:
         col.upsert(keys, x, [{"g": "a"} for _ in keys])
-    errors: list[BaseException] = []
     bad: list[tuple] = []
-    done = threading.Event()
 
     def write():
-        try:
-            for r in range(300):
-                col.upsert(keys, x, [{"g": "a", "v": r} for _ in keys] if payloads or use_filter else None)
-                if r % 60 == 59:
-                    col.checkpoint()
-                if r % 100 == 99:
-                    col.compact()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            done.set()
+        for r in range(300):
+            col.upsert(keys, x, [{"g": "a", "v": r} for _ in keys] if payloads or use_filter else None)
+            if r % 60 == 59:
+                col.checkpoint()
+            if r % 100 == 99:
+                col.compact()
 
-    def read():
-        try:
-            while not done.is_set():
-                hits = col.search(x[3], k=25, ef=200, filter=flt, with_payload=payloads)
-                got = sorted(map(str, (h.id for h in hits if h.id in set(keys))))
-                if got != sorted(map(str, keys)):
-                    bad.append((len(got), len(set(got))))
-                found = col.get(keys[:5], with_vector=True)
-                if any(f is None or f["vector"] is None for f in found):
-                    bad.append(("get", [f is None or f["vector"] is None for f in found]))
-                let_the_writer_on()
-        except BaseException as exc:
-            errors.append(exc)
+    def read(done):
+        while not done.is_set():
+            hits = col.search(x[3], k=25, ef=200, filter=flt, with_payload=payloads)
+            got = sorted(map(str, (h.id for h in hits if h.id in set(keys))))
+            if got != sorted(map(str, keys)):
+                bad.append((len(got), len(set(got))))
+            found = col.get(keys[:5], with_vector=True)
+            if any(f is None or f["vector"] is None for f in found):
+                bad.append(("get", [f is None or f["vector"] is None for f in found]))
+            let_the_writer_on()
 
-    threads = [threading.Thread(target=read) for _ in range(2)] + [threading.Thread(target=write)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    errors = race(write, read)
     assert not errors, errors[:3]
     assert not bad, f"{len(bad)} searches saw a point twice or not at all, e.g. {bad[:5]}"
     assert col.count() == 120
@@ -86,35 +72,24 @@ def test_readers_see_a_deleted_point_once_or_not_at_all(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20, 8)).astype(np.float32)
     keys = list(range(20))
-    errors: list[BaseException] = []
     bad: list[int] = []
-    done = threading.Event()
 
     def write():
-        try:
-            for r in range(150):
-                col.upsert(keys, x, [{"r": r} for _ in keys])
-                if r % 2:
-                    col.delete(keys[:10])
-                else:
-                    col.delete(filter={"r": r})
-        except BaseException as exc:  # pragma: no cover
-            errors.append(exc)
-        finally:
-            done.set()
+        for r in range(150):
+            col.upsert(keys, x, [{"r": r} for _ in keys])
+            if r % 2:
+                col.delete(keys[:10])
+            else:
+                col.delete(filter={"r": r})
 
-    def read():
+    def read(done):
         while not done.is_set():
             ids = [h.id for h in col.search(x[0], k=25, ef=200)]
             if len(ids) != len(set(ids)):
                 bad.append(len(ids) - len(set(ids)))
             let_the_writer_on()
 
-    threads = [threading.Thread(target=read), threading.Thread(target=write)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    errors = race(write, read, readers=1)
     assert not errors and not bad, (errors[:3], bad[:5])
     db.close()
 
