@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from shoal import _blas, _validate
-from shoal.errors import DuplicateIdError, IdNotFoundError, InvalidArgumentError
+from shoal.errors import CorruptIndexError, DuplicateIdError, IdNotFoundError, InvalidArgumentError
 from shoal.kernels.build import (
     link_batch,
     mark_reachable,
@@ -685,7 +685,39 @@ class Index:
         from shoal.storage.format import read_index
 
         header, sections = read_index(path, mmap=mmap, verify=(not mmap) if verify is None else verify)
-        return cls._from_parts(header, sections)
+        for field in ("count", "pool_count", "entry", "top_level"):
+            if not isinstance(header.get(field), int):
+                raise CorruptIndexError(f"{os.fspath(path)}: header field {field!r} is missing or not an integer")
+        index = cls._from_parts(header, sections)
+        index.check_integrity(where=os.fspath(path))
+        return index
+
+    def check_integrity(self, *, reachable: bool = False, where: str = "index") -> None:
+        """Raise ``CorruptIndexError`` naming the first broken invariant: entry point and top
+        level, degrees within their rows, links to nodes that exist on that level, no
+        self-loops or repeated links, upper-level rows that tile their pool, unique ids; with
+        ``reachable``, also that every node can be reached from the entry point. ``load``
+        runs it (without reachability) on every file; tests run it after building."""
+        from shoal.kernels.build import unreachable_nodes
+        from shoal.kernels.graph import OK, PROBLEMS, check_graph
+
+        n = self._count
+        levels = self._levels[:n]
+        if n and not (0 <= self._entry < n and self._top_level == int(levels.max())
+                      and levels[self._entry] == self._top_level):
+            raise CorruptIndexError(f"{where}: entry point or top level is inconsistent")
+        if not n and (self._entry != -1 or self._pool_count):
+            raise CorruptIndexError(f"{where}: an empty index has an entry point or links")
+        code, node = check_graph(self._levels, self._links0, self._deg0, self._up_offset, self._links_up,
+                                 self._deg_up, n, self._pool_count, max(self._top_level, 0))
+        if code != OK:
+            raise CorruptIndexError(f"{where}: graph is damaged at node {node}: {PROBLEMS[code]}")
+        if n and np.unique(self._ids[:n]).size != n:
+            raise CorruptIndexError(f"{where}: ids are not unique")
+        if reachable and n:
+            lost = unreachable_nodes(self._links0, self._deg0, self._entry, n)
+            if lost.size:
+                raise CorruptIndexError(f"{where}: {lost.size} nodes cannot be reached from the entry point")
 
     def _header(self) -> dict[str, Any]:
         return {

@@ -104,11 +104,13 @@ class FailNth:
 
     def __init__(self, n: int | None, err: int = errno.EIO) -> None:
         self.n, self.err, self.seen, self.fired = n, err, 0, None
+        self.ops: list[tuple[str, str]] = []
 
     def __call__(self, op, path, info):
         if op == "sqlite_committed":  # a report, not an operation
             return
         self.seen += 1
+        self.ops.append((op, os.path.basename(info.get("dst", path))))
         if self.seen == self.n:
             self.fired = (op, os.path.basename(path))
             raise OSError(self.err, os.strerror(self.err), path)
@@ -160,6 +162,12 @@ def test_an_io_error_at_every_point_loses_nothing_acknowledged(tmp_path, err):
     assert run(tmp_path / "count", counter) is None
     total = counter.seen
     assert total > 100  # the workload reaches logs, segments, manifests, SQLite and directories
+    ops = counter.ops
+    renamed = [name for op, name in ops if op == "rename"]
+    assert sum(n.startswith("seg-") for n in renamed) >= 4        # checkpoints, a seal, a compaction
+    assert renamed.count("manifest.json") >= 4 and renamed.count("wal.log") >= 4  # log restarts
+    assert any(op == "unlink" and n.startswith("seg-") for op, n in ops)  # a replaced segment removed
+    assert ("rmtree", ".d.dropping") in ops and ("sqlite_commit", "payloads.sqlite") in ops
     outcomes = {"before": 0, "after": 0}
     for n in range(1, total + 1):
         path = tmp_path / f"n{n}"

@@ -5,8 +5,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shoal
-from shoal.kernels.build import unreachable_nodes
-from shoal.kernels.graph import OK, check_graph
 
 batches = st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=5)
 
@@ -26,10 +24,7 @@ def test_add_search_invariants(sizes, dim, m, metric, seed, k):
         pos += size
     n = len(index)
     assert n == sum(sizes)
-    code, _ = check_graph(index._levels, index._links0, index._deg0, index._up_offset,
-                          index._links_up, index._deg_up, n, index._pool_count, index._top_level)
-    assert code == OK
-    assert unreachable_nodes(index._links0, index._deg0, index._entry, n).size == 0
+    index.check_integrity(reachable=True)
     # With ef >= n every reachable node enters the beam: the search is exact.
     q = rng.standard_normal((5, dim)).astype(np.float32)
     labels, dist = index.search(q, k, ef=max(n, k))

@@ -5,18 +5,12 @@ import pytest
 
 import shoal
 from shoal.datasets import recall_at_k
-from shoal.kernels.build import unreachable_nodes
-from shoal.kernels.graph import OK, check_graph
 
 
 def graph_ok(index):
-    code, node = check_graph(index._levels, index._links0, index._deg0, index._up_offset,
-                             index._links_up, index._deg_up, len(index), index._pool_count,
-                             index._top_level)
-    assert code == OK, (code, node)
-    assert unreachable_nodes(index._links0, index._deg0, index._entry, len(index)).size == 0
-    deg = index._deg0[: len(index)]
-    assert deg.min() >= 1 and deg.max() <= 2 * index.m
+    index.check_integrity(reachable=True)  # raises CorruptIndexError naming what is broken
+    stats = index.stats()
+    assert stats["mean_degree_level0"] >= 1
 
 
 def test_recall_on_real_slice(built10k, wordnet10k):

@@ -41,7 +41,6 @@ import numpy as np
 
 from shoal.errors import CorruptIndexError
 from shoal.storage import files
-from shoal.kernels.graph import OK, PROBLEMS, check_graph
 
 MAGIC = b"SHOALIDX"
 VERSION = 1
@@ -137,7 +136,8 @@ def read_index(path: str | os.PathLike, *, mmap: bool = False,
     """Read and check a file written by ``write_index``; returns (header, sections).
 
     With ``mmap`` the vectors are a read-only memory map; ``verify`` checks their CRC too.
-    Raises ``CorruptIndexError`` for any damage, ``FileNotFoundError`` for a missing file.
+    Raises ``CorruptIndexError`` for any damage to the file, ``FileNotFoundError`` for a
+    missing file; the graph's own invariants are ``Index.check_integrity``'s to check.
     """
     path = os.fspath(path)
     file_size = os.path.getsize(path)
@@ -164,20 +164,4 @@ def read_index(path: str | os.PathLike, *, mmap: bool = False,
             if (verify or not (mmap and name == "vectors")) and _crc(arr) != entry.get("crc32"):
                 raise CorruptIndexError(f"{path}: section {name!r} is damaged (CRC32 mismatch)")
             sections[name] = arr.astype(np.dtype(dtype).newbyteorder("="), copy=False)
-    _check_contents(path, header, sections)
     return header, sections
-
-
-def _check_contents(path: str, header: dict[str, Any], s: dict[str, np.ndarray]) -> None:
-    count = header["count"]
-    if count and not (0 <= header["entry"] < count and header["top_level"] == int(s["levels"].max())
-                      and s["levels"][header["entry"]] == header["top_level"]):
-        raise CorruptIndexError(f"{path}: entry point or top level is inconsistent")
-    if not count and (header["entry"] != -1 or header["pool_count"]):
-        raise CorruptIndexError(f"{path}: an empty index has an entry point or links")
-    code, node = check_graph(s["levels"], s["links0"], s["deg0"], s["up_offset"], s["links_up"],
-                             s["deg_up"], count, header["pool_count"], max(header["top_level"], 0))
-    if code != OK:
-        raise CorruptIndexError(f"{path}: graph is damaged at node {node}: {PROBLEMS[code]}")
-    if count and np.unique(s["ids"]).size != count:
-        raise CorruptIndexError(f"{path}: ids are not unique")
