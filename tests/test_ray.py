@@ -130,11 +130,9 @@ def test_bad_input_gets_the_embedded_errors_on_the_driver(cluster, tmp_path):
     docs.close()
 
 
-def test_a_shard_that_stays_down_fails_loudly_or_partially(cluster, tmp_path, monkeypatch):
-    monkeypatch.setattr(sray, "RETRIES", 2)
-    monkeypatch.setattr(sray, "RETRY_WAIT_S", 0.05)
+def test_a_shard_that_stays_down_fails_loudly_or_partially(cluster, tmp_path):
     docs = sray.create_collection("p", dim=8, metric="l2", shards=2, path=str(tmp_path / "ray"),
-                                  max_restarts=0)
+                                  max_restarts=0, retries=(2, 0.05))
     x = vectors(200, seed=5)
     docs.upsert(list(range(200)), x)
     ray.kill(docs._actors[1], no_restart=True)

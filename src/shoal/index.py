@@ -516,7 +516,8 @@ class Index:
 
     # ------------------------------------------------------------------ search
     def search(self, queries: Any, k: int = 10, *, ef: int | None = None,
-               num_threads: int | None = None, allowed: Any = None) -> tuple[np.ndarray, np.ndarray]:
+               num_threads: int | None = None, allowed: Any = None,
+               filter_path: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest stored vectors of each query.
 
         Parameters
@@ -532,6 +533,9 @@ class Index:
             Only these ids may be returned (a filter); ids not in the index are ignored. The
             graph search honours the set while it walks; when the set is small enough that
             scoring it outright is cheaper (estimated from its size), it is scanned exactly.
+        filter_path : "auto", "graph" or "exact"
+            With ``allowed``: choose by that estimate (the default), or always walk the graph,
+            or always scan the set exactly (exact results, cost grows with the set).
 
         Returns
         -------
@@ -540,6 +544,8 @@ class Index:
         """
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
         k, ef = _validate.k_and_ef(k, ef, DEFAULT_EF)
+        if filter_path not in ("auto", "graph", "exact"):
+            raise InvalidArgumentError(f"filter_path must be 'auto', 'graph' or 'exact', got {filter_path!r}")
         one = np.ndim(queries) == 1
         q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
         g = self.view()
@@ -548,7 +554,8 @@ class Index:
         else:
             keys = _validate.ids(allowed, np.size(allowed), "allowed")
             found = self._lookup(keys)
-            nodes, dists = self._search_allowed(g, q, k, ef, threads, np.unique(found[found >= 0]))
+            nodes, dists = self._search_allowed(g, q, k, ef, threads, np.unique(found[found >= 0]),
+                                                filter_path)
         labels = np.full(nodes.shape, -1, np.int64)
         found = nodes >= 0
         labels[found] = self._ids[nodes[found]]
@@ -584,10 +591,11 @@ class Index:
         return labels, dists
 
     def _search_allowed(self, g: "GraphView", q: np.ndarray, k: int, ef: int, threads: int,
-                        nodes: np.ndarray):
+                        nodes: np.ndarray, path: str = "auto"):
         """Search restricted to ``nodes`` (sorted int32): exact scan or filtered graph search,
-        whichever the cost estimate says is cheaper."""
-        if nodes.size * nodes.size * EXACT_COST <= GRAPH_COST * ef * g.count:
+        whichever the cost estimate says is cheaper (or ``path`` says)."""
+        cheaper = nodes.size * nodes.size * EXACT_COST <= GRAPH_COST * ef * g.count
+        if path == "exact" or (path == "auto" and cheaper):
             return self._exact_nodes(g, q, k, nodes)
         mask = np.zeros(g.count, np.uint8)
         mask[nodes] = 1

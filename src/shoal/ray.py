@@ -151,7 +151,8 @@ def _meta_path(path: str, name: str) -> str:
 
 def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: int, path: str,
                       m: int = 16, ef_construction: int = 40, max_restarts: int = -1,
-                      num_cpus: float = 0, threads: int | None = None) -> "ShardedCollection":
+                      num_cpus: float = 0, threads: int | None = None,
+                      retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> "ShardedCollection":
     """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in
     ``shard-NNN``, on the disk of the node its actor runs on). ``threads``: numba threads per
     shard (default: the node's cores)."""
@@ -165,11 +166,12 @@ def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: in
         files.fsync_directory(os.path.dirname(os.path.dirname(meta)))
     write_json(meta, config)  # temp, fsync, rename, fsync of the directory
     return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
-                             threads=threads)
+                             threads=threads, retries=retries)
 
 
 def open_collection(name: str, *, path: str, max_restarts: int = -1,
-                    num_cpus: float = 0, threads: int | None = None) -> "ShardedCollection":
+                    num_cpus: float = 0, threads: int | None = None,
+                    retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> "ShardedCollection":
     """Reattach to a sharded collection (after a restart of the driver or of Ray)."""
     contract.prepare_name(name)
     try:
@@ -178,15 +180,16 @@ def open_collection(name: str, *, path: str, max_restarts: int = -1,
     except FileNotFoundError:
         raise errors.CollectionNotFoundError(f"no sharded collection {name!r} at {path}") from None
     return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
-                             threads=threads)
+                             threads=threads, retries=retries)
 
 
 class ShardedCollection:
     """A collection split over Ray actors by a hash of the id; ``shoal.Collection``'s methods."""
 
     def __init__(self, path: str, config: dict[str, Any], *, max_restarts: int, num_cpus: float,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> None:
         self.path = path
+        self._retries, self._retry_wait_s = int(retries[0]), float(retries[1])
         self.config = config
         self.name = config["name"]
         self.dim = int(config["dim"])
@@ -226,7 +229,7 @@ class ShardedCollection:
         actor died; raise ``ShardUnavailableError`` (or, with ``allow_partial``, leave them out)."""
         results: dict[int, Any] = {}
         pending = dict(calls)
-        for attempt in range(RETRIES + 1):
+        for attempt in range(self._retries + 1):
             refs = {i: getattr(self._actors[i], m).remote(*a) for i, (m, a) in pending.items()}
             failed = {}
             for i, ref in refs.items():
@@ -240,8 +243,8 @@ class ShardedCollection:
             if not failed:
                 return results
             pending = failed
-            if attempt < RETRIES:
-                time.sleep(RETRY_WAIT_S * (attempt + 1))
+            if attempt < self._retries:
+                time.sleep(self._retry_wait_s * (attempt + 1))
         if allow_partial:
             return results
         raise ShardUnavailableError(f"shards {sorted(pending)} of {self.name!r} did not answer")

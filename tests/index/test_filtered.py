@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import shoal
-import shoal.index as index_module
 from shoal.datasets import BUNDLED, recall_at_k
 
 
@@ -34,14 +33,11 @@ def selections(payloads):
 
 
 @pytest.mark.parametrize("path", ["chosen", "graph", "exact"])
-def test_filtered_recall_at_every_selectivity(built10k, wordnet10k, payloads, path, monkeypatch):
-    if path == "graph":
-        monkeypatch.setattr(index_module, "EXACT_COST", 1e12)
-    elif path == "exact":
-        monkeypatch.setattr(index_module, "GRAPH_COST", 1e12)
+def test_filtered_recall_at_every_selectivity(built10k, wordnet10k, payloads, path):
     for label, mask in selections(payloads).items():
         ids = np.flatnonzero(mask)
-        found, dist = built10k.search(wordnet10k.queries, 10, ef=64, allowed=ids)
+        found, dist = built10k.search(wordnet10k.queries, 10, ef=64, allowed=ids,
+                                      filter_path="auto" if path == "chosen" else path)
         gt = filtered_truth(wordnet10k.queries, wordnet10k.base, mask)
         real = found >= 0
         assert np.isin(found[real], ids).all(), label
@@ -49,32 +45,28 @@ def test_filtered_recall_at_every_selectivity(built10k, wordnet10k, payloads, pa
         assert np.all(np.diff(dist, axis=1)[real[:, 1:]] >= 0), label
 
 
-def test_both_paths_report_the_same_distances(built10k, wordnet10k, payloads, monkeypatch):
+def test_both_paths_report_the_same_distances(built10k, wordnet10k, payloads):
     ids = np.flatnonzero(selections(payloads)["pos=noun"])
     q = wordnet10k.queries[:20]
-    monkeypatch.setattr(index_module, "GRAPH_COST", 1e12)
-    exact_ids, exact_d = built10k.search(q, 5, ef=200, allowed=ids)
-    monkeypatch.setattr(index_module, "GRAPH_COST", 0.0)
-    monkeypatch.setattr(index_module, "EXACT_COST", 1e12)
-    graph_ids, graph_d = built10k.search(q, 5, ef=200, allowed=ids)
+    exact_ids, exact_d = built10k.search(q, 5, ef=200, allowed=ids, filter_path="exact")
+    graph_ids, graph_d = built10k.search(q, 5, ef=200, allowed=ids, filter_path="graph")
     same = exact_ids == graph_ids
     assert same.mean() > 0.95
     np.testing.assert_allclose(exact_d[same], graph_d[same], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("force", ["graph", "exact"])
-def test_small_and_empty_allowed_sets(force, monkeypatch):
-    monkeypatch.setattr(index_module, "EXACT_COST" if force == "graph" else "GRAPH_COST", 1e12)
+def test_small_and_empty_allowed_sets(force):
     index = shoal.Index(4, "l2", m=4)
     data = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
     index.add(data, ids=np.arange(1000, 1300))
-    labels, dist = index.search(data[:3], k=5, allowed=[1007, 1100, 99999])
+    labels, dist = index.search(data[:3], k=5, allowed=[1007, 1100, 99999], filter_path=force)
     assert set(labels[:, :2].ravel()) <= {1007, 1100} and (labels[:, 2:] == -1).all()
     assert np.isinf(dist[:, 2:]).all()
     assert labels[0, 0] in (1007, 1100)
-    labels, _ = index.search(data[:3], k=5, allowed=[])
+    labels, _ = index.search(data[:3], k=5, allowed=[], filter_path=force)
     assert (labels == -1).all()
-    one, _ = index.search(data[7], k=1, allowed=[1007])
+    one, _ = index.search(data[7], k=1, allowed=[1007], filter_path=force)
     assert one.tolist() == [1007]
 
 
@@ -83,3 +75,8 @@ def test_bad_allowed_argument(built10k, wordnet10k):
         built10k.search(wordnet10k.queries[:2], 5, allowed=["a"])
     with pytest.raises(ValueError, match="allowed"):
         built10k.search(wordnet10k.queries[:2], 5, allowed=[[1, 2]])
+
+
+def test_an_unknown_filter_path_is_refused(built10k, wordnet10k):
+    with pytest.raises(ValueError, match="filter_path"):
+        built10k.search(wordnet10k.queries[:2], 5, allowed=[1], filter_path="fast")
