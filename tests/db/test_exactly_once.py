@@ -11,6 +11,8 @@ from shoal.db.policy import Policy
 from tests.db.checks import race
 
 TINY = Policy(seal_rows=150, checkpoint_min_rows=60, compact_min_rows=40)
+#: Seals every few rounds and never compacts by itself (the writer compacts explicitly).
+SEALING = Policy(seal_rows=150, checkpoint_min_rows=60, compact_min_rows=10**9)
 
 
 def let_the_writer_on():
@@ -28,7 +30,7 @@ def _keys(string_ids):
 @pytest.mark.parametrize("string_ids", [False, True], ids=["int-ids", "str-ids"])
 @pytest.mark.parametrize("use_filter", [False, True], ids=["no-filter", "filter"])
 def test_readers_see_each_point_once_while_it_is_reupserted(tmp_path, payloads, string_ids, use_filter):
-    db = shoal.open(tmp_path / "db", policy=TINY)
+    db = shoal.open(tmp_path / "db", policy=SEALING)
     col = db.create_collection("c", dim=8, metric="l2")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 8)).astype(np.float32)
@@ -39,10 +41,12 @@ def test_readers_see_each_point_once_while_it_is_reupserted(tmp_path, payloads, 
     if use_filter and not payloads:
         col.upsert(keys, x, [{"g": "a"} for _ in keys])
     bad: list[tuple] = []
+    segments: set[int] = set()
 
     def write():
         for r in range(300):
             col.upsert(keys, x, [{"g": "a", "v": r} for _ in keys] if payloads or use_filter else None)
+            segments.add(len(col.stats()["segments"]))
             if r % 60 == 59:
                 col.checkpoint()
             if r % 100 == 99:
@@ -62,6 +66,7 @@ def test_readers_see_each_point_once_while_it_is_reupserted(tmp_path, payloads, 
     errors = race(write, read)
     assert not errors, errors[:3]
     assert not bad, f"{len(bad)} searches saw a point twice or not at all, e.g. {bad[:5]}"
+    assert max(segments) >= 3  # sealed segments came and went with the compactions
     assert col.count() == 120
     db.close()
 

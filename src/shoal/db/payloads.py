@@ -1,4 +1,5 @@
-"""The payload store: user keys, internal point numbers and JSON payloads in SQLite.
+"""The payload store: the user's ids (``key``), row ids (``uid``, one per version of a
+point) and JSON payloads, in SQLite.
 
 Tables:
 
