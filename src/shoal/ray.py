@@ -87,9 +87,9 @@ class _Shard:
     """A Ray actor: one shard, an ordinary collection in ``path`` (a database directory)."""
 
     def __init__(self, path: str, name: str, config: dict[str, Any]) -> None:
-        import shoal
+        from shoal.db.database import open_database
 
-        self.db = shoal.open(path)
+        self.db = open_database(path)
         if name in self.db.list_collections():
             self.col = self.db.get_collection(name)
         else:
