@@ -139,6 +139,13 @@ def test_payload_indexes_agree_with_the_model(rows, flt):
             store.create_index(field)
         try:
             assert store.uids_where(flt).tolist() == [i for i, r in enumerate(rows) if matches(flt, r)]
+            # replace every row: the old versions are retired (readable until purged), and a
+            # filter over every version reads the retired table through the same indexes
+            n = len(rows)
+            store.upsert(list(range(n)), np.arange(n, 2 * n), encode_payloads(rows[::-1], n), 2)
+            versions = rows + rows[::-1]
+            assert store.uids_where(flt, retired=True).tolist() == \
+                [i for i, r in enumerate(versions) if matches(flt, r)]
         finally:
             store.close()
 

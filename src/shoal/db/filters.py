@@ -40,22 +40,24 @@ OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARISONS}
 MAX_DEPTH = 32
 
 
-def compile_filter(flt: Any, column: str = "payload",
-                   indexed: frozenset[str] | set[str] = frozenset()) -> tuple[str, list[Any]]:
+def compile_filter(flt: Any, column: str = "payload", indexed: frozenset[str] | set[str] = frozenset(),
+                   uid: str = "uid") -> tuple[str, list[Any]]:
     """SQL condition and parameters equivalent to ``flt`` over JSON column ``column``.
 
     Comparisons on a path in ``indexed`` read the payload index instead: a table
     ``field_index(field, type, value, uid)`` with one row per scalar value (array elements
     included) of each indexed field (``shoal.db.payloads``), which SQLite searches through
-    its B-tree instead of reading every payload. Both forms select the same rows.
+    its B-tree instead of reading every payload. Both forms select the same rows. ``uid`` is
+    the expression those conditions test (``"+uid"`` keeps SQLite from driving a query of a
+    small table by the index's row ids).
     """
     params: list[Any] = []
-    sql = _filter(flt, column, params, "filter", 0, frozenset(indexed))
+    sql = _filter(flt, column, params, "filter", 0, (frozenset(indexed), uid))
     return sql, params
 
 
 def _filter(flt: Any, col: str, params: list[Any], where: str, depth: int,
-            indexed: frozenset[str]) -> str:
+            indexed: tuple[frozenset[str], str]) -> str:
     if depth > MAX_DEPTH:
         raise FilterError(f"{where}: nested more than {MAX_DEPTH} levels")
     if not isinstance(flt, dict):
@@ -77,7 +79,7 @@ def _filter(flt: Any, col: str, params: list[Any], where: str, depth: int,
         elif key.startswith("$"):
             raise FilterError(f"{here}: unknown operator {key!r} (expected $and, $or, $not or a field)")
         else:
-            parts.append(_field(key, value, col, params, here, key in indexed))
+            parts.append(_field(key, value, col, params, here, indexed[1] if key in indexed[0] else None))
     return "(" + " AND ".join(parts) + ")"
 
 
@@ -91,9 +93,9 @@ def json_path(key: str, where: str = "filter") -> str:
     return "$" + "".join(f'."{p}"' for p in parts)
 
 
-def _field(key: str, spec: Any, col: str, params: list[Any], where: str, use_index: bool) -> str:
+def _field(key: str, spec: Any, col: str, params: list[Any], where: str, index_uid: str | None) -> str:
     path = json_path(key, where)
-    compare = _indexed_compare(key) if use_index else _elementwise_at(col, path)
+    compare = _indexed_compare(key, index_uid) if index_uid else _elementwise_at(col, path)
     if not (isinstance(spec, dict) and any(k.startswith("$") for k in spec if isinstance(k, str))):
         return compare(_scalar(spec, where), "=", params)
     parts = []
@@ -175,11 +177,11 @@ def _elementwise_at(col: str, path: str):
     return lambda value, op, params: _elementwise(col, path, value, op, params)
 
 
-def _indexed_compare(field: str):
+def _indexed_compare(field: str, uid: str):
     """Comparison through the payload index of ``field`` (same rows as ``_elementwise``)."""
     def compare(value: Any, op: str, params: list[Any]) -> str:
         types = _types_of(value)
-        sql = (f"(uid IN (SELECT uid FROM field_index WHERE field = ? AND type IN "
+        sql = (f"({uid} IN (SELECT uid FROM field_index WHERE field = ? AND type IN "
                f"({', '.join('?' * len(types))})")
         params += [field, *types]
         if not (value is None or isinstance(value, bool)):

@@ -417,13 +417,16 @@ class PayloadStore:
                    retired: bool = False) -> np.ndarray:
         """Sorted uids of the current points matching a filter (all points without one);
         ``retired``: versions not yet purged too."""
-        sql, params = ("1", []) if flt is None else compile_filter(flt, indexed=self.indexed)
         out = []
         with self._read(for_write) as con:
             for table in self._tables(retired):
+                # The retired table is small: scan it (a payload index's row ids would drive the
+                # query otherwise, costing as much as the current table's)
+                sql, params = ("1", []) if flt is None else compile_filter(
+                    flt, indexed=self.indexed, uid="uid" if table == "points" else "+uid")
                 out.append(np.fromiter((u for (u,) in con.execute(
-                    f"SELECT uid FROM {table} WHERE {sql}", params)), np.int64))
-        return np.sort(np.concatenate(out))
+                    f"SELECT uid FROM {table} WHERE {sql} ORDER BY uid", params)), np.int64))
+        return out[0] if len(out) == 1 else np.sort(np.concatenate(out))
 
     def retired_uids(self) -> np.ndarray:
         with self._read(for_write=not self.read_only) as con:
