@@ -71,6 +71,8 @@ BAD_CALLS = [
     ("create_payload_index", (3,), {}, shoal.InvalidTypeError, "field"),
     ("create_payload_index", ("a..b",), {}, shoal.FilterError, "field"),
     ("scan", (0,), {}, shoal.InvalidArgumentError, "batch_size"),
+    ("create_payload_index", ("a\x00b",), {}, shoal.FilterError, "NUL"),  # found by the fuzzer
+    ("count", ({"a\x00": 1},), {}, shoal.FilterError, "NUL"),
 ]
 
 

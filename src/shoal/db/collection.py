@@ -28,7 +28,6 @@ writes until it is reopened; reopening replays the log, so every acknowledged wr
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -43,7 +42,7 @@ import numpy as np
 
 from shoal.db import contract
 from shoal.db import manifest as manifest_file
-from shoal.db.payloads import Key, PayloadStore
+from shoal.db.payloads import Key, PayloadStore, loads
 from shoal.db.policy import DEFAULT_POLICY, Policy
 from shoal.db.records import DELETE, UPSERT, decode_delete, decode_upsert, encode_delete, encode_upsert
 from shoal.db.snapshot import Epoch, Segment, Snapshot, merge_top_k
@@ -69,6 +68,17 @@ class Hit(NamedTuple):
     @property
     def score(self) -> float:
         return -self.distance if self.metric == "l2" else 1.0 - self.distance
+
+
+#: SQLite's primary result codes that mean the disk failed (READONLY, IOERR, CORRUPT, FULL,
+#: CANTOPEN, NOTADB), as opposed to a bug or a bad statement.
+_SQLITE_IO = {8, 10, 11, 13, 14, 26}
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 10) & 0xFF) in _SQLITE_IO
 
 
 class Collection:
@@ -234,8 +244,8 @@ class Collection:
             try:
                 yield
             except BaseException as exc:
-                self._failed = exc
-                if isinstance(exc, (OSError, sqlite3.Error)):
+                self._failed = exc  # whatever it was, the state may be half written: reopen
+                if _is_io_error(exc):
                     raise StorageError(f"collection {self.name!r}: {what} failed with an I/O error "
                                        f"({exc}); it refuses writes until it is reopened") from exc
                 raise
@@ -468,7 +478,7 @@ class Collection:
                 found = snap.locate(uid)
                 if found is not None:
                     seg, node = found
-                    rec = {"id": key, "payload": json.loads(payload)}
+                    rec = {"id": key, "payload": loads(payload)}
                     if with_vector:
                         rec["vector"] = seg.view.vectors[node].copy()
                     break

@@ -88,8 +88,8 @@ def json_path(key: str, where: str = "filter") -> str:
     parts = key.split(".")
     if any(not p for p in parts):
         raise FilterError(f"{where}: {key!r} is not a valid path (empty key)")
-    if any('"' in p or "\\" in p for p in parts):
-        raise FilterError(f"{where}: {key!r}: keys may not contain '\"' or '\\'")
+    if any('"' in p or "\\" in p or "\x00" in p for p in parts):
+        raise FilterError(f"{where}: {key!r}: keys may not contain '\"', '\\' or NUL")
     return "$" + "".join(f'."{p}"' for p in parts)
 
 

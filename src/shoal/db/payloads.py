@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 
 from shoal.db.filters import compile_filter, json_path
 from shoal.errors import InvalidArgumentError, InvalidTypeError
@@ -138,6 +139,15 @@ def encode_payloads(payloads: Any, n: int) -> list[str]:
         except (TypeError, ValueError) as exc:
             raise InvalidTypeError(f"payloads[{i}] is not JSON: {exc}") from None
     return out
+
+
+def loads(text: str) -> Any:
+    """A stored payload's JSON text as Python objects (orjson; the standard library for
+    integers beyond 64 bits, which orjson refuses)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 class PayloadStore:
@@ -371,7 +381,7 @@ class PayloadStore:
                 marks = ",".join("?" * len(part))
                 for key, uid, payload in con.execute(
                         f"SELECT key, uid, payload FROM points WHERE key IN ({marks})", part):
-                    found[(type(key), key)] = (uid, json.loads(payload))
+                    found[(type(key), key)] = (uid, loads(payload))
         return [found.get((type(k), k)) for k in keys]
 
     def versions(self, keys: list[Key]) -> list[list[tuple[int, str]]]:
@@ -401,7 +411,7 @@ class PayloadStore:
                 marks = ",".join("?" * len(part))
                 sql = " UNION ALL ".join(f"SELECT {cols} FROM {t} WHERE uid IN ({marks})" for t in tables)
                 for uid, key, payload in con.execute(sql, part * len(tables)):
-                    found[uid] = (key, payload if as_text or not payloads else json.loads(payload))
+                    found[uid] = (key, payload if as_text or not payloads else loads(payload))
         return found
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
