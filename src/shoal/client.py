@@ -166,16 +166,12 @@ class RemoteCollection:
         """Every point, as batches of (ids, vectors, payloads), page by page. Each point that
         exists for the whole scan comes exactly once; one written during it comes in its old
         or its new version."""
-        limit = contract.prepare_batch_size(batch_size)
-        after, seen = -1, set()
-        while after is not None:
+        def fetch(after: int, limit: int):
             page = self._client.request("POST", f"{self._path}/points/scan", {"after": after, "limit": limit})
-            keep = [i for i, key in enumerate(page["ids"]) if (type(key), key) not in seen]
-            seen.update((type(key), key) for key in page["ids"])
-            if keep:
-                vectors = np.array(page["vectors"], np.float32).reshape(-1, self.dim)
-                yield [page["ids"][i] for i in keep], vectors[keep], [page["payloads"][i] for i in keep]
-            after = page["next"]
+            vectors = np.array(page["vectors"], np.float32).reshape(-1, self.dim)
+            return page["ids"], vectors, page["payloads"], page["next"]
+
+        return contract.scan_pages(fetch, batch_size)
 
     def compact(self) -> None:
         self._client.request("POST", f"{self._path}/compact")

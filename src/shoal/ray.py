@@ -30,7 +30,7 @@ from shoal import _validate, errors
 from shoal.db import contract
 from shoal.db.collection import Hit
 from shoal.db.manifest import write_json
-from shoal.db.payloads import Key
+from shoal.db.payloads import Key, loads
 from shoal.storage import files
 
 #: How often and how long the driver retries a call whose actor died (it restarts meanwhile).
@@ -357,15 +357,12 @@ class ShardedCollection:
     def scan(self, batch_size: int = 1000):
         """Every point, shard after shard, as batches of (ids, vectors, payloads); within a
         shard as ``RemoteCollection.scan`` (each point once, old or new version)."""
-        limit = contract.prepare_batch_size(batch_size)
         for shard in range(self.shards):
-            after, seen = -1, set()
-            while after is not None:
-                keys, vectors, texts, after = self._call(shard, "scan_page", after, limit)
-                keep = [i for i, key in enumerate(keys) if (type(key), key) not in seen]
-                seen.update((type(key), key) for key in keys)
-                if keep:
-                    yield [keys[i] for i in keep], vectors[keep], [json.loads(texts[i]) for i in keep]
+            def fetch(after: int, limit: int, shard: int = shard):
+                keys, vectors, texts, cursor = self._call(shard, "scan_page", after, limit)
+                return keys, vectors, [loads(t) for t in texts], cursor
+
+            yield from contract.scan_pages(fetch, batch_size)
 
     # ------------------------------------------------------------------ reads
     def count(self, filter: dict | None = None) -> int:

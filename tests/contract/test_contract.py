@@ -170,6 +170,8 @@ class ModelMachine(RuleBasedStateMachine):
         if not hasattr(self, "col"):
             return
         assert self.col.count() == len(self.model) == len(self.col)
+        stats = self.col.stats()
+        assert stats["name"] == self.col.name and stats["count"] == len(self.model)
         assert self.col.count({"t": 1}) == sum(1 for _, _, p in self.model.values() if p["t"] == 1)
         scanned = {}
         for ids, vecs, pays in self.col.scan(batch_size=7):

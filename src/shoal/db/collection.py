@@ -151,10 +151,10 @@ class Collection:
         restart the log meanwhile: then files named here are gone and this tries again."""
         for _ in range(50):
             self._store.pin()
-            applied = self._store.applied_seq
+            applied = self._store.applied_seq  # None: a store from before it was recorded
             _, manifest = manifest_file.read(self.path)
             try:
-                if self._store._has_meta and manifest["checkpoint_seq"] > applied:
+                if applied is not None and manifest["checkpoint_seq"] > applied:
                     raise FileNotFoundError("a checkpoint newer than the pinned store")
                 segments = self._load_segments(manifest)
                 self._wal = WriteAheadLog(os.path.join(self.path, "wal.log"), read_only=True)
@@ -165,7 +165,7 @@ class Collection:
                 self._wal.close()
                 self._store.unpin()
                 continue
-            self._start(manifest, segments, through=applied if self._store._has_meta else None)
+            self._start(manifest, segments, through=applied)
             return
         raise CorruptIndexError(f"{self.path}: could not open a consistent read-only view "
                                 "(the writer kept replacing its files)")
@@ -179,7 +179,7 @@ class Collection:
 
     def _remove_orphans(self, keep: set[str | None]) -> None:
         for name in os.listdir(self.path):
-            if (name.startswith("seg-") and name not in keep) or files.is_temp(name) or name.endswith(".tmp"):
+            if (name.startswith("seg-") and name not in keep) or name.endswith(".tmp"):
                 files.unlink(os.path.join(self.path, name))
 
     def _start(self, manifest: dict, segments: list[Segment], through: int | None) -> None:
@@ -220,7 +220,7 @@ class Collection:
             segments.append(replace(seg, live=mask, dead=int(mask.size - mask.sum())))
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
         if writer:
-            self._store.purge(through_seq=2**62)  # no snapshot of this process shows a retired version
+            self._store.purge(2**62)  # no snapshot of this process shows a retired version
 
     def _new_index(self) -> Index:
         index = Index(self.dim, self._index_metric, m=self.config["m"],
@@ -356,7 +356,7 @@ class Collection:
         while self._purgeable:
             through = max(through, self._purgeable.pop())
         if through:
-            self._store.purge(through_seq=through)
+            self._store.purge(through)
 
     def _checkpoint_locked(self, seal: bool = False, obsolete: tuple[str, ...] = ()) -> None:
         """Save the active segment if it changed, make the payload store durable, replace the

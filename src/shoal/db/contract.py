@@ -168,3 +168,19 @@ def prepare_field(field: Any) -> str:
 
 def prepare_batch_size(batch_size: Any) -> int:
     return _validate.positive_int(batch_size, "batch_size")
+
+
+def scan_pages(fetch, batch_size: Any) -> Iterator[tuple[list[Key], np.ndarray, list[dict]]]:
+    """A scan over pages by row id (``Collection.scan_page``, behind HTTP or a Ray actor):
+    ``fetch(after, limit)`` returns (ids, float32 vectors, payload dicts, next cursor or None).
+    A point replaced during the scan comes back with a new, larger row id: the ids already
+    returned are skipped, so each point comes once, in its old or its new version."""
+    limit = prepare_batch_size(batch_size)
+    after: int | None = -1
+    seen: set[tuple[type, Key]] = set()
+    while after is not None:
+        keys, vectors, payloads, after = fetch(after, limit)
+        keep = [i for i, key in enumerate(keys) if (type(key), key) not in seen]
+        seen.update((type(key), key) for key in keys)
+        if keep:
+            yield [keys[i] for i in keep], vectors[keep], [payloads[i] for i in keep]

@@ -241,10 +241,11 @@ class PayloadStore:
 
     # ------------------------------------------------------------------ writes
     @property
-    def applied_seq(self) -> int:
-        """The last log record applied to this store (0: none, or a store without meta)."""
+    def applied_seq(self) -> int | None:
+        """The last log record applied to this store (0: none; None: a read-only store from
+        before this was recorded, which a writer's open adds)."""
         if not self._has_meta:
-            return 0
+            return None
         with self._read(for_write=not self.read_only) as con:
             return int(con.execute("SELECT value FROM meta WHERE name = 'applied_seq'").fetchone()[0])
 
@@ -315,14 +316,11 @@ class PayloadStore:
             self._retire([int(u) for u in uids], seq)
             self._applied(seq)
 
-    def purge(self, *, through_seq: int | None = None, uids: np.ndarray | None = None) -> int:
-        """Forget retired versions for good: those retired by log records up to
-        ``through_seq``, or those with the given ``uids``. Returns how many."""
+    def purge(self, through_seq: int) -> int:
+        """Forget for good the versions retired by log records up to ``through_seq``. Returns
+        how many."""
         with self._transaction():
-            if through_seq is not None:
-                doomed = [u for (u,) in self._db.execute("SELECT uid FROM retired WHERE seq <= ?", (int(through_seq),))]
-            else:
-                doomed = [int(u) for u in uids]
+            doomed = [u for (u,) in self._db.execute("SELECT uid FROM retired WHERE seq <= ?", (int(through_seq),))]
             self._db.executemany("DELETE FROM retired WHERE uid = ?", [(u,) for u in doomed])
             self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(u,) for u in doomed])
         return len(doomed)
@@ -388,13 +386,13 @@ class PayloadStore:
         """Every version not yet purged of each key: [(uid, payload JSON text)], current or
         retired (a caller picks the one its snapshot shows)."""
         found: dict[tuple[type, Key], list[tuple[int, str]]] = {}
+        tables = self._tables(True)
         with self._read() as con:
             for part in self._chunks(keys):
                 marks = ",".join("?" * len(part))
-                for table in self._tables(True):
-                    for key, uid, payload in con.execute(
-                            f"SELECT key, uid, payload FROM {table} WHERE key IN ({marks})", part):
-                        found.setdefault((type(key), key), []).append((uid, payload))
+                sql = " UNION ALL ".join(f"SELECT key, uid, payload FROM {t} WHERE key IN ({marks})" for t in tables)
+                for key, uid, payload in con.execute(sql, part * len(tables)):
+                    found.setdefault((type(key), key), []).append((uid, payload))
         return [found.get((type(k), k), []) for k in keys]
 
     def keys_of(self, uids: np.ndarray, *, payloads: bool = True, as_text: bool = False,
@@ -427,22 +425,17 @@ class PayloadStore:
                    retired: bool = False) -> np.ndarray:
         """Sorted uids of the current points matching a filter (all points without one);
         ``retired``: versions not yet purged too."""
-        out = []
-        with self._read(for_write) as con:
-            for table in self._tables(retired):
-                # The retired table is small: scan it (a payload index's row ids would drive the
-                # query otherwise, costing as much as the current table's)
-                sql, params = ("1", []) if flt is None else compile_filter(
-                    flt, indexed=self.indexed, uid="uid" if table == "points" else "+uid")
-                out.append(np.fromiter((u for (u,) in con.execute(
-                    f"SELECT uid FROM {table} WHERE {sql} ORDER BY uid", params)), np.int64))
-        return out[0] if len(out) == 1 else np.sort(np.concatenate(out))
-
-    def retired_uids(self) -> np.ndarray:
-        with self._read(for_write=not self.read_only) as con:
-            if not self._has_retired:
-                return np.zeros(0, np.int64)
-            return np.fromiter((u for (u,) in con.execute("SELECT uid FROM retired")), np.int64)
+        parts, params = [], []
+        for table in self._tables(retired):
+            # The retired table is small: scan it ("+uid"), or a payload index's row ids would
+            # drive its query and cost as much as the current table's.
+            sql, args = ("1", []) if flt is None else compile_filter(
+                flt, indexed=self.indexed, uid="uid" if table == "points" else "+uid")
+            parts.append(f"SELECT uid FROM {table} WHERE {sql}")
+            params += args
+        with self._read(for_write) as con:  # one statement: one read snapshot of both tables
+            rows = con.execute(" UNION ALL ".join(parts) + " ORDER BY uid", params)
+            return np.fromiter((u for (u,) in rows), np.int64)
 
     def count(self, flt: dict | None = None) -> int:
         """Number of current points (matching ``flt``)."""

@@ -120,8 +120,3 @@ def replace_atomically(path: str, chunks: Iterable[bytes | memoryview]) -> None:
             os.unlink(tmp)
         raise
     fsync_directory(directory)
-
-
-def is_temp(name: str) -> bool:
-    """Whether a file name is one of ``replace_atomically``'s temp files (left by a crash)."""
-    return name.startswith(".") and name.endswith(".tmp")
