@@ -193,7 +193,7 @@ def test_an_indexed_filter_reads_the_index(store):
 
 
 def test_payloads_with_integers_beyond_64_bits_round_trip(store):
-    big = {"n": 2**70, "neg": -(2**65), "f": 1.5, "s": "é"}
+    big = {"n": 2**70 + 1, "neg": -(2**65) - 3, "f": 1.5, "s": "é"}
     store.upsert(["k"], np.array([1]), encode_payloads([big], 1))
     assert store.get(["k"]) == [(1, big)]
     assert store.keys_of(np.array([1])) == {1: ("k", big)}

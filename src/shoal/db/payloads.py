@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import numbers
+import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -141,13 +142,15 @@ def encode_payloads(payloads: Any, n: int) -> list[str]:
     return out
 
 
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
 def loads(text: str) -> Any:
-    """A stored payload's JSON text as Python objects (orjson; the standard library for
-    integers beyond 64 bits, which orjson refuses)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
+    """A stored payload's JSON text as Python objects: orjson, but the standard library when
+    the text may hold an integer beyond 64 bits (orjson would read it as a float)."""
+    if _LONG_NUMBER.search(text):
         return json.loads(text)
+    return orjson.loads(text)
 
 
 class PayloadStore:
