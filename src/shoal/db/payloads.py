@@ -403,16 +403,21 @@ class PayloadStore:
         """{uid: (key, payload)} of the uids present (payload None unless ``payloads``; its
         JSON text with ``as_text``); ``retired``: versions not yet purged too."""
         found: dict[int, tuple[Key, Any]] = {}
-        ulist = [int(u) for u in uids]
         cols = "uid, key, payload" if payloads else "uid, key, NULL"
-        tables = self._tables(retired)
+        todo = [int(u) for u in uids]
         with self._read() as con:
-            for lo in range(0, len(ulist), _CHUNK):
-                part = ulist[lo:lo + _CHUNK]
-                marks = ",".join("?" * len(part))
-                sql = " UNION ALL ".join(f"SELECT {cols} FROM {t} WHERE uid IN ({marks})" for t in tables)
-                for uid, key, payload in con.execute(sql, part * len(tables)):
-                    found[uid] = (key, payload if as_text or not payloads else loads(payload))
+            # Current versions first, then the retired table for what was not there: a version
+            # retired between the two statements is found by the second (it only ever moves
+            # from points to retired while a snapshot that shows it lives).
+            for table in self._tables(retired):
+                for lo in range(0, len(todo), _CHUNK):
+                    part = todo[lo:lo + _CHUNK]
+                    marks = ",".join("?" * len(part))
+                    for uid, key, payload in con.execute(f"SELECT {cols} FROM {table} WHERE uid IN ({marks})", part):
+                        found[uid] = (key, payload if as_text or not payloads else loads(payload))
+                todo = [u for u in todo if u not in found]
+                if not todo:
+                    break
         return found
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
