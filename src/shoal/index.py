@@ -8,7 +8,11 @@ State (``capacity`` rows allocated, ``count`` used; capacity grows geometrically
 - ``links0``    int32 (capacity, 2*m), ``deg0`` int32 (capacity): level-0 neighbours;
 - ``up_offset`` int32 (capacity): first row in the upper-level pool of a node with level >= 1
   (-1 otherwise); its links on level l are pool row ``up_offset + l - 1``;
-- ``links_up``  int32 (pool, m), ``deg_up`` int32 (pool): the upper-level pool.
+- ``links_up``  int32 (pool, m), ``deg_up`` int32 (pool): the upper-level pool;
+- ``codes``     uint8 (capacity, dim) with ``code_lo``/``code_step`` float32 (dim,): the rows as
+  SQ8 codes (``quantize="sq8"``, the default; ``shoal.kernels.quantize``). Searches walk the
+  graph on codes (a quarter of the bytes per step) and rank the beam they end with by the
+  float32 rows, so the distances returned are exact.
 
 Distances are returned in the metric's own convention: ``cosine`` -> ``1 - cos``, ``ip`` ->
 ``1 - <q, x>``, ``l2`` -> squared Euclidean distance. Smaller is closer for all three.
@@ -35,7 +39,15 @@ from shoal.kernels.build import (
 )
 from shoal.exact import exact_top_k
 from shoal.kernels.distance import distances_to_rows
-from shoal.kernels.quantize import code_params, int8_codes, max_abs_deviation, quantize_rows
+from shoal.kernels.quantize import (
+    code_params,
+    column_ranges,
+    encode_sq8,
+    int8_codes,
+    max_abs_deviation,
+    quantize_rows,
+    sq8_params,
+)
 from shoal.kernels.search import search_batch
 
 MAX_LEVEL = 31
@@ -66,6 +78,10 @@ FULL_REPAIR_RATIO = 20
 PEER_SPAN = 4
 PEERS = 16
 PEER_BLOCK = 512
+#: Search codes cover each column's range widened by this fraction on both sides, so that the
+#: rows of later adds rarely fall outside it (then every row is coded again).
+CODE_MARGIN = 1 / 16
+QUANTIZERS = ("sq8", None)
 _NO_FILTER = np.zeros(0, np.uint8)
 _NO_PEERS = np.zeros((0, 0), np.int32)
 
@@ -89,6 +105,9 @@ class GraphView(NamedTuple):
     entry: int
     top_level: int
     count: int
+    codes: np.ndarray       # uint8 (capacity, dim), or (0, dim) without codes
+    code_lo: np.ndarray
+    code_step: np.ndarray
 
 
 class Index:
@@ -110,16 +129,28 @@ class Index:
     seed : int
         Seeds the level draws; the same seed and data give the same graph whatever the
         number of threads.
+    quantize : "sq8" or None
+        ``"sq8"`` (default) also keeps each row as one byte per dimension (25% more memory)
+        and searches walk the graph on those codes, then rank what they found by the float32
+        rows: about 1.6x the queries per second at the same recall. ``None`` walks the
+        float32 rows.
     """
 
     def __init__(self, dim: int, metric: str = "cosine", *, m: int = 16,
-                 ef_construction: int = 40, seed: int = 0) -> None:
+                 ef_construction: int = 40, seed: int = 0, quantize: str | None = "sq8") -> None:
         self._dim = _validate.positive_int(dim, "dim")
         self._metric_code = _validate.metric_code(metric)
         self._metric = metric
         self._m = _validate.positive_int(m, "m", minimum=2)
         self._ef_construction = _validate.positive_int(ef_construction, "ef_construction")
         self._seed = _validate.positive_int(seed, "seed", minimum=0)
+        if quantize not in QUANTIZERS:
+            raise InvalidArgumentError(f"quantize must be one of {QUANTIZERS}, got {quantize!r}")
+        self._quantize = quantize
+        self._default_ef: int | None = None
+        self._code_lo = np.zeros(self._dim, np.float32)
+        self._code_step = np.ones(self._dim, np.float32)
+        self._code_hi = np.zeros(self._dim, np.float32)
         self._rng = np.random.default_rng(self._seed)
         self._count = 0
         self._pool_count = 0
@@ -157,6 +188,10 @@ class Index:
     def seed(self) -> int:
         return self._seed
 
+    @property
+    def quantize(self) -> str | None:
+        return self._quantize
+
     def __len__(self) -> int:
         return self._count
 
@@ -182,6 +217,7 @@ class Index:
         self._up_offset = np.full(capacity, -1, np.int32)
         self._links_up = np.full((pool, self._m), -1, np.int32)
         self._deg_up = np.zeros(pool, np.int32)
+        self._sq_codes = np.zeros((capacity if self._quantize else 0, self._dim), np.uint8)
 
     @staticmethod
     def _grown(arr: np.ndarray, rows: int, fill: int | None) -> np.ndarray:
@@ -207,6 +243,8 @@ class Index:
             self._links0 = self._grown(self._links0, new, -1)
             self._deg0 = self._grown(self._deg0, new, 0)
             self._up_offset = self._grown(self._up_offset, new, -1)
+            if self._quantize:
+                self._sq_codes = self._grown(self._sq_codes, new, None)
             self._scratch = []
         if pool > self._links_up.shape[0]:
             cap = self._links_up.shape[0]
@@ -311,6 +349,8 @@ class Index:
         else:
             self._vectors[start:stop] = x
         self._ids[start:stop] = new_ids
+        if self._quantize:
+            self._encode(start, stop)
         self._levels[start:stop] = levels
         offsets = self._pool_count + np.cumsum(upper) - upper
         self._up_offset[start:stop] = np.where(upper > 0, offsets, -1)
@@ -338,6 +378,25 @@ class Index:
             "repaired_links": repaired,
         }
         return new_ids
+
+    def _encode(self, start: int, stop: int) -> None:
+        """Search codes for rows ``start .. stop-1``. When they reach outside the columns'
+        coded range, the range is widened (with ``CODE_MARGIN``) and every row is coded again
+        into a new array, so that a reader's ``GraphView`` keeps codes and parameters that
+        belong together."""
+        lo, hi = column_ranges(self._vectors[start:stop])
+        if start == 0 or (lo < self._code_lo).any() or (hi > self._code_hi).any():
+            if start > 0:
+                lo = np.minimum(lo, self._code_lo)
+                hi = np.maximum(hi, self._code_hi)
+            self._code_lo, self._code_step = sq8_params(lo, hi, self._metric_code, CODE_MARGIN)
+            self._code_hi = self._code_lo + 255 * self._code_step
+            codes = np.empty_like(self._sq_codes)
+            codes[:stop] = encode_sq8(self._vectors[:stop], self._code_lo, self._code_step)
+            self._sq_codes = codes
+        else:
+            self._sq_codes[start:stop] = encode_sq8(self._vectors[start:stop], self._code_lo,
+                                                    self._code_step)
 
     def _check_new_ids(self, new_ids: np.ndarray) -> None:
         uniq, counts = np.unique(new_ids, return_counts=True)
@@ -567,7 +626,8 @@ class Index:
         """The graph as it stands: arrays and counts a search can use while this index keeps
         growing. Rows and links below ``count`` stay valid (see ``GraphView``)."""
         return GraphView(self._vectors, self._ids, self._links0, self._deg0, self._links_up,
-                         self._deg_up, self._up_offset, self._entry, self._top_level, self._count)
+                         self._deg_up, self._up_offset, self._entry, self._top_level, self._count,
+                         self._sq_codes, self._code_lo, self._code_step)
 
     def search_masked(self, queries: np.ndarray, k: int, ef: int, num_threads: int | None,
                       mask: np.ndarray | None, view: "GraphView | None" = None
@@ -618,7 +678,8 @@ class Index:
         numba.set_num_threads(threads)
         try:
             nodes, dists, evals = search_batch(
-                q, k, ef, g.vectors, g.links0, g.deg0, g.links_up, g.deg_up, g.up_offset,
+                q, k, ef, g.vectors, g.codes, g.code_lo, g.code_step, g.links0, g.deg0,
+                g.links_up, g.deg_up, g.up_offset,
                 g.entry, g.top_level, g.count, self._metric_code, visited, tags,
                 _NO_FILTER if allowed is None else allowed)
         finally:
@@ -654,7 +715,7 @@ class Index:
         nodes_at = np.cumsum(per_level[::-1])[::-1]
         arrays = [self._vectors, self._ids, self._levels, self._links0, self._deg0,
                   self._up_offset, self._links_up, self._deg_up, self._sorted_ids,
-                  self._sorted_nodes] + ([] if self._codes is None else [self._codes])
+                  self._sorted_nodes, self._sq_codes] + ([] if self._codes is None else [self._codes])
         upper = self._deg_up[: self._pool_count]
         return {
             "count": n,
@@ -670,6 +731,7 @@ class Index:
             "mean_degree_upper": float(upper.mean()) if upper.size else 0.0,
             "memory_bytes": int(sum(a.nbytes for a in arrays)),
             "vector_bytes": int(self._vectors.nbytes),
+            "code_bytes": int(self._sq_codes.nbytes),
             "link_bytes": int(self._links0.nbytes + self._deg0.nbytes + self._links_up.nbytes
                               + self._deg_up.nbytes + self._up_offset.nbytes),
         }
@@ -733,6 +795,7 @@ class Index:
             "ef_construction": self._ef_construction, "seed": self._seed,
             "count": self._count, "pool_count": self._pool_count, "entry": self._entry,
             "top_level": self._top_level, "rng_state": self._rng.bit_generator.state,
+            "quantize": self._quantize, "default_ef": self._default_ef,
         }
 
     def _sections(self) -> dict[str, np.ndarray]:
@@ -741,18 +804,31 @@ class Index:
             "vectors": self._vectors[:n], "ids": self._ids[:n], "levels": self._levels[:n],
             "links0": self._links0[:n], "deg0": self._deg0[:n], "up_offset": self._up_offset[:n],
             "links_up": self._links_up[:p], "deg_up": self._deg_up[:p],
+            "codes": self._sq_codes[:n], "code_lo": self._code_lo, "code_step": self._code_step,
         }
 
     @classmethod
     def _from_parts(cls, header: dict[str, Any], sections: dict[str, np.ndarray]) -> "Index":
+        # A version 1 file predates codes: it is loaded with them (computed below).
+        quantize = header["quantize"] if header.get("format_version", 1) >= 2 else "sq8"
         self = cls(header["dim"], header["metric"], m=header["m"],
-                   ef_construction=header["ef_construction"], seed=header["seed"])
+                   ef_construction=header["ef_construction"], seed=header["seed"],
+                   quantize=quantize)
+        self._default_ef = header.get("default_ef")
         self._rng.bit_generator.state = header["rng_state"]
         self._count = header["count"]
         self._pool_count = header["pool_count"]
         self._entry = header["entry"]
         self._top_level = header["top_level"]
+        codes = sections.pop("codes", None)
         for name, arr in sections.items():
             setattr(self, "_" + name, arr)
+        if codes is not None:  # stored: kept as read (mmap or not, codes live in RAM)
+            self._sq_codes = np.ascontiguousarray(codes)
+            self._code_hi = self._code_lo + 255 * self._code_step
+        else:
+            self._sq_codes = np.zeros((self._vectors.shape[0] if self._quantize else 0, self._dim), np.uint8)
+            if self._quantize and self._count:
+                self._encode(0, self._count)
         self._index_ids(0)
         return self

@@ -31,6 +31,21 @@ def distance(a, b, metric):
     return s
 
 
+@njit(**KERNEL)
+def distance_row(a, rows, r, metric):
+    """``distance(a, rows[r], metric)`` without a row view: the graph walks call this once per
+    candidate, and indexing the matrix directly keeps the loop free of array bookkeeping."""
+    s = np.float32(0.0)
+    if metric == IP:
+        for i in range(a.shape[0]):
+            s += np.float32(a[i]) * np.float32(rows[r, i])
+        return np.float32(1.0) - s
+    for i in range(a.shape[0]):
+        d = np.float32(a[i]) - np.float32(rows[r, i])
+        s += d * d
+    return s
+
+
 @njit(**KERNEL_PARALLEL)
 def distances_to_rows(query, vectors, nodes, metric):
     """float32 (len(nodes),): distance from ``query`` to ``vectors[nodes[i]]``."""

@@ -1,9 +1,10 @@
-"""int8 codes for graph construction.
+"""Compact codes of the stored rows: int8 codes for graph construction, uint8 codes (SQ8) for
+search (below).
 
 Building the graph moves one row per distance evaluation, mostly from RAM: a 384-d float32 row
 is 24 cache lines, its int8 code 6. Construction only compares distances that share an endpoint
 (a node against its candidates), so codes that preserve those orderings closely build a graph
-as good as float32 rows do. Search always uses the float32 rows.
+as good as float32 rows do.
 
 - inner product: ``code = round(x * 127 / max|x|)``: one positive scale keeps every product's
   sign and order (no centering: it would add a term that depends on the second row);
@@ -13,7 +14,7 @@ as good as float32 rows do. Search always uses the float32 rows.
 import numpy as np
 from numba import njit, prange
 
-from shoal.kernels import KERNEL_PARALLEL
+from shoal.kernels import KERNEL, KERNEL_PARALLEL
 from shoal.kernels.distance import L2
 
 
@@ -55,3 +56,78 @@ def int8_codes(x: np.ndarray, metric: int) -> np.ndarray:
     """Codes of the float32 rows ``x`` (n, d) for construction under ``metric``."""
     center, scale = code_params(x, metric)
     return quantize_rows(x, center, scale)
+
+
+# ----------------------------------------------------------------------------- search codes
+# Search walks the graph on uint8 codes, one per dimension (SQ8): ``x[j] ~ lo[j] + step[j] *
+# code[j]``. A query is not coded: it is prepared once (``prepare_query``) so that the kernels'
+# own ``distance`` between the prepared query and a code orders rows as the distance to the
+# decoded row does:
+#
+# - inner product: ``w = q * step``; ``1 - <w, code> = 1 - <q, x~> + <q, lo>``, and ``<q, lo>``
+#   is the same for every row;
+# - l2: one step for all dimensions, ``w = (q - lo) / step``; ``|w - code|^2 = |q - x~|^2 / step^2``.
+#
+# The walk's beam is then ranked again with the float32 rows (``rerank``), so codes only decide
+# which rows are looked at, never the distances returned.
+
+
+@njit(**KERNEL_PARALLEL)
+def encode_sq8(x, lo, step):
+    """uint8 (n, d): ``clip(round((x - lo) / step), 0, 255)`` row by row."""
+    n, d = x.shape
+    out = np.empty((n, d), np.uint8)
+    inv = np.float32(1.0) / step
+    for i in prange(n):
+        for j in range(d):
+            v = np.rint((x[i, j] - lo[j]) * inv[j])
+            out[i, j] = np.uint8(min(255.0, max(0.0, v)))
+    return out
+
+
+@njit(**KERNEL_PARALLEL)
+def column_ranges(x):
+    """float32 (d,), (d,): the smallest and largest value of each column of ``x`` (n, d)."""
+    n, d = x.shape
+    blocks = max(1, min(n, 64))
+    lo = np.full((blocks, d), np.inf, np.float32)
+    hi = np.full((blocks, d), -np.inf, np.float32)
+    for b in prange(blocks):
+        for i in range(b * n // blocks, (b + 1) * n // blocks):
+            for j in range(d):
+                v = x[i, j]
+                if v < lo[b, j]:
+                    lo[b, j] = v
+                if v > hi[b, j]:
+                    hi[b, j] = v
+    out_lo = np.empty(d, np.float32)
+    out_hi = np.empty(d, np.float32)
+    for j in range(d):
+        out_lo[j] = lo[:, j].min()
+        out_hi[j] = hi[:, j].max()
+    return out_lo, out_hi
+
+
+def sq8_params(lo: np.ndarray, hi: np.ndarray, metric: int, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, step) float32 (d,) of codes covering the column ranges [lo, hi], widened by
+    ``margin`` times each range on both sides (room for later rows). Under l2 every column
+    gets the widest column's step (see above)."""
+    lo = lo.astype(np.float64)
+    width = hi.astype(np.float64) - lo
+    lo = lo - margin * width
+    width = width * (1 + 2 * margin)
+    if metric == L2:
+        width = np.full_like(width, width.max(initial=0.0))
+    step = np.where(width > 0, width / 255.0, 1.0)
+    return lo.astype(np.float32), step.astype(np.float32)
+
+
+@njit(**KERNEL)
+def prepare_query(q, lo, step, metric, out):
+    """Write to ``out`` the form of query ``q`` that is compared with codes (see above)."""
+    if metric == L2:
+        for j in range(q.shape[0]):
+            out[j] = (q[j] - lo[j]) / step[j]
+    else:
+        for j in range(q.shape[0]):
+            out[j] = q[j] * step[j]

@@ -16,8 +16,9 @@ import numpy as np
 from numba import njit, prange
 
 from shoal.kernels import KERNEL, KERNEL_PARALLEL
-from shoal.kernels.distance import distance
+from shoal.kernels.distance import distance_row
 from shoal.kernels.prefetch import prefetch_row
+from shoal.kernels.quantize import prepare_query
 
 
 @njit(**KERNEL)
@@ -46,7 +47,7 @@ def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level
     Returns (node, distance, distance evaluations).
     """
     cur = entry
-    cur_d = distance(query, vectors[cur], metric)
+    cur_d = distance_row(query, vectors, cur, metric)
     evals = 1
     for level in range(top_level, stop_level, -1):
         changed = True
@@ -57,7 +58,7 @@ def greedy_descend(query, vectors, links_up, deg_up, up_offset, entry, top_level
                 nb = links_up[row, j]
                 if nb < 0 or nb >= count:
                     continue
-                d = distance(query, vectors[nb], metric)
+                d = distance_row(query, vectors, nb, metric)
                 evals += 1
                 if d < cur_d:
                     cur_d = d
@@ -120,7 +121,7 @@ def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric
                 cnt += 1
                 prefetch_row(vectors, nb)
         for j in range(cnt):
-            buf_d[j] = distance(query, vectors[buf_n[j]], metric)
+            buf_d[j] = distance_row(query, vectors, buf_n[j], metric)
         evals += cnt
         lowest = i + 1
         for j in range(cnt):
@@ -213,7 +214,7 @@ def search_layer_filtered(query, vectors, links0, deg0, entry, entry_d, ef, metr
             if nb < 0 or nb >= count or visited[nb] == tag:
                 continue
             visited[nb] = tag
-            dn = distance(query, vectors[nb], metric)
+            dn = distance_row(query, vectors, nb, metric)
             evals += 1
             if found < ef or dn < beam_d[found - 1]:
                 size = heap_push(heap_d, heap_n, size, dn, nb)
@@ -222,11 +223,63 @@ def search_layer_filtered(query, vectors, links0, deg0, entry, entry_d, ef, metr
     return found, evals
 
 
+@njit(**KERNEL)
+def search_one(query, rows, links0, deg0, links_up, deg_up, up_offset, entry, top_level, count,
+               metric, ef, allowed, visited, tag, heap_d, heap_n, beam_d, beam_n, beam_x, buf_n,
+               buf_d):
+    """One query's search over ``rows`` (float32 rows, or codes with a prepared query): greedy
+    descent, then the level-0 beam (``allowed``, when not empty, restricts the results).
+    Leaves the beam sorted in ``beam_*``; returns (size, distance evaluations)."""
+    cur, cur_d, evals = greedy_descend(query, rows, links_up, deg_up, up_offset, entry, top_level,
+                                       0, metric, count)
+    if allowed.shape[0] > 0:
+        size, e2 = search_layer_filtered(query, rows, links0, deg0, cur, cur_d, ef, metric, count,
+                                         allowed, visited, tag, heap_d, heap_n, beam_d, beam_n,
+                                         beam_x)
+        return size, evals + e2
+    size, e2 = search_from(query, rows, links0, deg0, up_offset, 0, cur, cur_d, ef, metric, count,
+                           visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+    evals += e2
+    if size < ef and size < count and visited[entry] != tag:
+        # The component of the descent's end is smaller than the beam: go on from the entry
+        # point, which reaches every node (a small index still answers exactly).
+        visited[entry] = tag
+        size, _ = beam_insert(beam_d, beam_n, beam_x, size, ef,
+                              distance_row(query, rows, entry, metric), entry)
+        size, e3 = search_layer(query, rows, links0, deg0, up_offset, 0, size, ef, metric, count,
+                                visited, tag, beam_d, beam_n, beam_x, buf_n, buf_d)
+        evals += e3 + 1
+    return size, evals
+
+
+@njit(**KERNEL)
+def rerank(query, vectors, beam_d, beam_n, size, metric):
+    """Replace the beam's distances by exact ones from the float32 ``vectors`` and sort it
+    again (insertion sort: the beam is nearly in order already)."""
+    for j in range(size):
+        prefetch_row(vectors, beam_n[j])
+    for j in range(size):
+        beam_d[j] = distance_row(query, vectors, beam_n[j], metric)
+    for j in range(1, size):
+        d = beam_d[j]
+        n = beam_n[j]
+        i = j
+        while i > 0 and beam_d[i - 1] > d:
+            beam_d[i] = beam_d[i - 1]
+            beam_n[i] = beam_n[i - 1]
+            i -= 1
+        beam_d[i] = d
+        beam_n[i] = n
+
+
 @njit(**KERNEL_PARALLEL)
-def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_offset,
-                 entry, top_level, count, metric, visited, tags, allowed):
+def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, links0, deg0, links_up,
+                 deg_up, up_offset, entry, top_level, count, metric, visited, tags, allowed):
     """k nearest nodes of each query row among ``count`` nodes, in parallel over queries.
 
+    ``codes`` uint8 (capacity, dim) with ``code_lo``/``code_step`` (``shoal.kernels.quantize``):
+    the walk compares the query with codes and the beam it ends with is ranked by the float32
+    ``vectors``; an empty ``codes`` array walks the float32 rows.
     ``allowed`` uint8 (capacity,) restricts the results to nodes where it is set (a filter);
     an empty array means every node.
 
@@ -241,40 +294,28 @@ def search_batch(queries, k, ef, vectors, links0, deg0, links_up, deg_up, up_off
     evals = np.zeros(nq, np.int64)
     chunks = visited.shape[0]
     width = links0.shape[1]
+    coded = codes.shape[0] > 0
     for c in prange(chunks):
         beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef, width)
-        filtered = allowed.shape[0] > 0
-        heap_size = count if filtered else 0
+        heap_size = count if allowed.shape[0] > 0 else 0
         heap_d = np.empty(heap_size, np.float32)
         heap_n = np.empty(heap_size, np.int32)
+        prepared = np.empty(queries.shape[1], np.float32)
         tag = tags[c]
         for q in range(c * nq // chunks, (c + 1) * nq // chunks):
-            cur, cur_d, e = greedy_descend(queries[q], vectors, links_up, deg_up, up_offset,
-                                           entry, top_level, 0, metric, count)
             tag = next_tag(visited[c], tag)
-            if filtered:
-                size, e2 = search_layer_filtered(queries[q], vectors, links0, deg0, cur, cur_d,
-                                                 ef, metric, count, allowed, visited[c], tag, heap_d,
-                                                 heap_n, beam_d, beam_n, beam_x)
-                evals[q] = e + e2
-                for j in range(min(k, size)):
-                    out_n[q, j] = beam_n[j]
-                    out_d[q, j] = beam_d[j]
-                continue
-            size, e2 = search_from(queries[q], vectors, links0, deg0, up_offset, 0, cur, cur_d,
-                                   ef, metric, count, visited[c], tag, beam_d, beam_n, beam_x,
-                                   buf_n, buf_d)
-            if size < ef and size < count and visited[c][entry] != tag:
-                # The component of the descent's end is smaller than the beam: go on from the
-                # entry point, which reaches every node (a small index still answers exactly).
-                visited[c][entry] = tag
-                size, _ = beam_insert(beam_d, beam_n, beam_x, size, ef,
-                                      distance(queries[q], vectors[entry], metric), entry)
-                size, e3 = search_layer(queries[q], vectors, links0, deg0, up_offset, 0, size,
-                                        ef, metric, count, visited[c], tag, beam_d, beam_n,
-                                        beam_x, buf_n, buf_d)
-                e2 += e3 + 1
-            evals[q] = e + e2
+            if coded:
+                prepare_query(queries[q], code_lo, code_step, metric, prepared)
+                size, e = search_one(prepared, codes, links0, deg0, links_up, deg_up, up_offset,
+                                     entry, top_level, count, metric, ef, allowed, visited[c], tag,
+                                     heap_d, heap_n, beam_d, beam_n, beam_x, buf_n, buf_d)
+                rerank(queries[q], vectors, beam_d, beam_n, size, metric)
+                e += size
+            else:
+                size, e = search_one(queries[q], vectors, links0, deg0, links_up, deg_up, up_offset,
+                                     entry, top_level, count, metric, ef, allowed, visited[c], tag,
+                                     heap_d, heap_n, beam_d, beam_n, beam_x, buf_n, buf_d)
+            evals[q] = e
             for j in range(min(k, size)):
                 out_n[q, j] = beam_n[j]
                 out_d[q, j] = beam_d[j]

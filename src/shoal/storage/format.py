@@ -1,9 +1,9 @@
-"""The ``.shoal`` index file, format version 1.
+"""The ``.shoal`` index file, format version 2 (version 1 files are read too).
 
 Layout (all integers little-endian)::
 
     offset 0   8 bytes   magic b"SHOALIDX"
-    offset 8   uint32    format version (1)
+    offset 8   uint32    format version (2)
     offset 12  uint32    header length H in bytes
     offset 16  uint32    CRC32 of the header bytes
     offset 20  H bytes   header: UTF-8 JSON object (below)
@@ -11,8 +11,9 @@ Layout (all integers little-endian)::
 
 The header holds ``dim``, ``metric``, ``m``, ``ef_construction``, ``seed``, ``count`` (nodes),
 ``pool_count`` (upper-level rows), ``entry`` (entry node, -1 when empty), ``top_level``,
-``rng_state`` (the level generator's state, so later adds draw the same levels) and
-``sections``: a list of ``{name, dtype, shape, offset, nbytes, crc32}``. Sections:
+``rng_state`` (the level generator's state, so later adds draw the same levels), ``quantize``
+(``"sq8"`` or null; version 2), ``default_ef`` (the calibrated search beam, or null; version 2)
+and ``sections``: a list of ``{name, dtype, shape, offset, nbytes, crc32}``. Sections:
 
     vectors    <f4 (count, dim)    stored rows (unit length under cosine)
     ids        <i8 (count,)        user ids by node
@@ -22,6 +23,12 @@ The header holds ``dim``, ``metric``, ``m``, ``ef_construction``, ``seed``, ``co
     up_offset  <i4 (count,)        first upper-pool row of a node, -1 for level 0 only
     links_up   <i4 (pool, m)       upper-level neighbours
     deg_up     <i4 (pool,)         upper-level degrees
+    codes      |u1 (count, dim)    search codes (with quantize "sq8"; version 2)
+    code_lo    <f4 (dim,)          value of code 0 by column
+    code_step  <f4 (dim,)          value of one code step by column
+
+A version 1 file has neither ``quantize`` nor the code sections: its codes are computed when
+it is loaded.
 
 A file is written to a temporary name beside the target, fsynced, renamed over the target, and
 the directory fsynced. A reader checks the magic, version, header CRC, that every section lies
@@ -43,7 +50,8 @@ from shoal.errors import CorruptIndexError
 from shoal.storage import files
 
 MAGIC = b"SHOALIDX"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 ALIGN = 64
 _PREFIX = struct.Struct("<8sIII")
 
@@ -56,6 +64,12 @@ SECTIONS = {  # name -> (dtype, shape from the header's numbers)
     "up_offset": ("<i4", lambda h: (h["count"],)),
     "links_up": ("<i4", lambda h: (h["pool_count"], h["m"])),
     "deg_up": ("<i4", lambda h: (h["pool_count"],)),
+}
+#: Sections present when the header's ``quantize`` is set.
+CODE_SECTIONS = {
+    "codes": ("|u1", lambda h: (h["count"], h["dim"])),
+    "code_lo": ("<f4", lambda h: (h["dim"],)),
+    "code_step": ("<f4", lambda h: (h["dim"],)),
 }
 _INT_FIELDS = ("dim", "m", "ef_construction", "seed", "count", "pool_count", "entry", "top_level")
 
@@ -73,10 +87,12 @@ def _align(n: int) -> int:
 
 
 def write_index(path: str | os.PathLike, header: dict[str, Any], sections: dict[str, np.ndarray]) -> None:
-    """Write ``sections`` (named as in SECTIONS) and ``header`` to ``path`` atomically."""
+    """Write ``sections`` (named as in SECTIONS, and CODE_SECTIONS when the header has
+    ``quantize``) and ``header`` to ``path`` atomically."""
     path = os.fspath(path)
-    arrays = {name: np.ascontiguousarray(sections[name], dtype=SECTIONS[name][0]) for name in SECTIONS}
-    table = [{"name": name, "dtype": SECTIONS[name][0], "shape": list(arr.shape),
+    kinds = _kinds(header)
+    arrays = {name: np.ascontiguousarray(sections[name], dtype=kinds[name][0]) for name in kinds}
+    table = [{"name": name, "dtype": kinds[name][0], "shape": list(arr.shape),
               "offset": 0, "nbytes": int(arr.nbytes), "crc32": _crc(arr)}
              for name, arr in arrays.items()]
     # Offsets depend on the header's length, which depends on the offsets' digits: iterate.
@@ -103,6 +119,10 @@ def write_index(path: str | os.PathLike, header: dict[str, Any], sections: dict[
     files.replace_atomically(path, chunks())
 
 
+def _kinds(header: dict[str, Any]) -> dict[str, tuple]:
+    return {**SECTIONS, **CODE_SECTIONS} if header.get("quantize") else SECTIONS
+
+
 def _parse_header(path: str, f) -> dict[str, Any]:
     prefix = f.read(_PREFIX.size)
     if len(prefix) < _PREFIX.size:
@@ -110,8 +130,9 @@ def _parse_header(path: str, f) -> dict[str, Any]:
     magic, version, size, crc = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise CorruptIndexError(f"{path}: not a shoal index (bad magic {magic!r})")
-    if version != VERSION:
-        raise CorruptIndexError(f"{path}: format version {version} is not supported (this shoal reads {VERSION})")
+    if version not in READS:
+        raise CorruptIndexError(f"{path}: format version {version} is not supported "
+                                f"(this shoal reads versions {', '.join(map(str, READS))})")
     blob = f.read(size)
     if len(blob) != size or zlib.crc32(blob) & 0xFFFFFFFF != crc:
         raise CorruptIndexError(f"{path}: header is truncated or damaged (CRC mismatch)")
@@ -124,10 +145,16 @@ def _parse_header(path: str, f) -> dict[str, Any]:
             raise ValueError("sizes")
         if header["metric"] not in ("cosine", "ip", "l2"):
             raise ValueError("metric")
+        if header.setdefault("quantize", None) not in ("sq8", None):
+            raise ValueError("quantize")
+        ef = header.setdefault("default_ef", None)
+        if ef is not None and (not isinstance(ef, int) or ef < 1):
+            raise ValueError("default_ef")
         table = {entry["name"]: entry for entry in header["sections"]}
     except (ValueError, TypeError, KeyError) as exc:
         raise CorruptIndexError(f"{path}: header is malformed ({exc})") from None
     header["sections"] = table
+    header["format_version"] = version
     return header
 
 
@@ -144,7 +171,7 @@ def read_index(path: str | os.PathLike, *, mmap: bool = False,
     sections: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         header = _parse_header(path, f)
-        for name, (dtype, shape_of) in SECTIONS.items():
+        for name, (dtype, shape_of) in _kinds(header).items():
             entry = header["sections"].get(name)
             shape = shape_of(header)
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
