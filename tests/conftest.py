@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shoal.datasets import BUNDLED, FULL, load_dataset
+from shoal.datasets import BUNDLED, FULL, PKG, load_dataset
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,13 @@ def wordnet_full():
     if not (FULL / "base.npy").is_file():
         pytest.skip(f"the full wordnet-minilm-384 dataset is not at {FULL} (set SHOAL_DATASET)")
     return load_dataset(FULL)
+
+
+@pytest.fixture(scope="session")
+def pkg_full():
+    if not (PKG / "base.npy").is_file():
+        pytest.skip(f"the pkg-minilm-384 dataset is not at {PKG} (set SHOAL_DATASET_PKG)")
+    return load_dataset(PKG)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,18 @@
-"""shoal's core index against hnswlib, faiss-cpu and usearch, in one run, on one dataset.
+"""shoal's core index against hnswlib, faiss-cpu and usearch, in one run, on each dataset.
 
 The peers are benchmark-only: their adapters are in benchmarks/peers.py (``--peers``), never
 in the package; without them the run measures shoal alone.
 
-Protocol (issue 3): all base vectors, all queries, recall@10 against the exact top-10; builds
-with 2 threads; search QPS with 1 thread over the queries as one batch call; every build in a
+Protocol (issues 3 and 11): on each dataset (default: wordnet-minilm-384 and pkg-minilm-384),
+all base vectors, all queries, recall@10 against the exact top-10; builds with 2 threads; search QPS with 1 thread over the queries as one batch call; every build in a
 fresh process; medians of ``--reps`` runs; every figure also as a ratio to hnswlib (M=16,
 ef_construction=64) measured in the same run.
 
     ./run.sh bench                                  # full protocol on ../shared/datasets/...
     shoal bench DATASET_DIR --out DIR --reps 3      # the same, installed anywhere
 
-Writes ``core.json``, ``core.md`` (the tables) and ``recall_qps.png`` to ``--out``.
+Writes ``core.json``, ``core.md`` (the tables) and ``recall_qps-DATASET.png`` per dataset to
+``--out``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shoal.datasets import FULL, load_dataset, recall_at_k
+from shoal.datasets import FULL, PKG, load_dataset, recall_at_k
 
-EFS = [10, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 256]
+EFS = [10, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256]
 TARGET = 0.95
+HIGH = 0.99
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -89,7 +91,11 @@ def _build(engine: str, base: np.ndarray, m: int, efc: int, threads: int, peers:
         stats = index.stats()
         info = {"memory_bytes": stats["memory_bytes"],
                 "vectors_plus_level0_bytes": int(n * dim * 4 + n * 2 * m * 4 + n * 4),
-                "distance_evaluations_per_insert": index.last_add_stats["distance_evaluations_per_insert"]}
+                "bytes_per_vector": {"float32": stats["vector_bytes"] / stats["capacity"],
+                                     "codes": stats["code_bytes"] / stats["capacity"],
+                                     "links": stats["link_bytes"] / stats["capacity"]},
+                "distance_evaluations_per_insert": index.last_add_stats["distance_evaluations_per_insert"],
+                "index": index}
         return (lambda q, k, ef: index.search(q, k, ef=ef, num_threads=1)[0]), info
     if peers:  # the peer libraries' adapters live outside the package (benchmark-only)
         return _load_peers(peers).build(engine, base, m, efc, threads)
@@ -110,6 +116,7 @@ def worker(spec: dict) -> dict:
     t = time.perf_counter()
     search, info = _build(spec["engine"], base, spec["m"], spec["efc"], spec["threads"], peers)
     build_s = time.perf_counter() - t
+    index = info.pop("index", None)
     out = {**spec, **info, "build_s": build_s, "vec_per_s": len(base) / build_s,
            "build_peak_rss_delta": _rss_peak() - rss0, "curve": []}
     if spec.get("search", True):
@@ -118,6 +125,28 @@ def worker(spec: dict) -> dict:
             labels = search(ds.queries, 10, ef)
             secs = median_time(lambda: search(ds.queries, 10, ef))
             out["curve"].append({"ef": ef, "recall": recall_at_k(labels, gt), "qps": len(ds.queries) / secs})
+        ef95 = next((p["ef"] for p in out["curve"] if p["recall"] >= TARGET), None)
+        if ef95 is not None:  # one query per call, at the first ef of the sweep that reaches 0.95
+            if index is not None:
+                one = lambda i: index.search(ds.queries[i], 10, ef=ef95, num_threads=1)  # noqa: E731
+            else:
+                one = lambda i: search(ds.queries[i:i + 1], 10, ef95)  # noqa: E731
+            lat = []
+            for i in range(len(ds.queries)):
+                t = time.perf_counter()
+                one(i)
+                lat.append(time.perf_counter() - t)
+            out["latency_ef"] = ef95
+            out["latency_us_median"] = float(np.median(lat) * 1e6)
+            out["latency_us_p99"] = float(np.percentile(lat, 99) * 1e6)
+        if index is not None:  # no ef at all: the calibrated default
+            t = time.perf_counter()
+            index.calibrate(num_threads=spec["threads"])
+            out["calibrate_s"] = time.perf_counter() - t
+            labels = index.search(ds.queries, 10, num_threads=1)[0]
+            secs = median_time(lambda: index.search(ds.queries, 10, num_threads=1))
+            out["default"] = {"ef": index.default_ef, "recall": recall_at_k(labels, gt),
+                              "qps": len(ds.queries) / secs}
     return out
 
 
@@ -149,12 +178,18 @@ def summarize(runs: list[dict]) -> dict:
     curve = median_curve(runs)
     out = {"vec_per_s": statistics.median(r["vec_per_s"] for r in runs),
            "build_s": statistics.median(r["build_s"] for r in runs),
-           "qps_at_095": qps_at(curve), "max_recall": max(p["recall"] for p in curve),
-           "curve": curve, "runs": runs}
+           "qps_at_095": qps_at(curve), "qps_at_099": qps_at(curve, HIGH),
+           "max_recall": max(p["recall"] for p in curve), "curve": curve, "runs": runs}
     for key in ("memory_bytes", "vectors_plus_level0_bytes", "build_peak_rss_delta",
-                "distance_evaluations_per_insert"):
+                "distance_evaluations_per_insert", "latency_us_median", "latency_us_p99",
+                "calibrate_s"):
         if key in runs[0]:
             out[key] = statistics.median(r[key] for r in runs)
+    if "default" in runs[0]:
+        out["default"] = {key: statistics.median(r["default"][key] for r in runs)
+                          for key in ("ef", "recall", "qps")}
+    if "bytes_per_vector" in runs[0]:
+        out["bytes_per_vector"] = runs[0]["bytes_per_vector"]
     return out
 
 
@@ -201,15 +236,68 @@ def fmt(x, spec="{:,.0f}"):
     return "n/a" if x is None else spec.format(x)
 
 
+def main_table(dataset: str, args, engines: list[str], m_def: int, efc_def: int) -> tuple[list[str], dict]:
+    """The main comparison on one dataset: lines of its table and the summaries."""
+    base = {"dataset": dataset, "threads": 2, "peers": args.peers and os.path.abspath(args.peers)}
+    configs = [("shoal", m_def, efc_def, "shoal (defaults)")]
+    if (m_def, efc_def) != (16, 64):
+        configs.append(("shoal", 16, 64, "shoal M=16 efc=64"))
+    configs += [(e, 16, 64, f"{e} M=16 efc=64") for e in engines]
+    runs: dict[str, list] = {label: [] for *_, label in configs}
+    for rep in range(args.reps):  # interleave engines so that noise hits all alike
+        for engine, m, efc, label in configs:
+            r = run_worker({**base, "engine": engine, "m": m, "efc": efc})
+            runs[label].append(r)
+            print(f"  {Path(dataset).name} rep {rep + 1} {label}: {r['vec_per_s']:,.0f} vec/s", flush=True)
+    summary = {label: summarize(r) for label, r in runs.items()}
+    ref_label = "hnswlib M=16 efc=64" if "hnswlib" in engines else configs[-1][3]
+    ref_name = ref_label.split(" ")[0] if "hnswlib" in engines else ref_label
+    ref = summary[ref_label]
+
+    def ratio(x, y):
+        return fmt(x and y and x / y, "{:.2f}x")
+
+    lines = [f"Dataset {Path(dataset).name} ({len(load_dataset(dataset).base):,} vectors); build 2 threads, "
+             f"search 1 thread (one batch of queries); medians of {args.reps} runs, each build in a fresh "
+             "process. Latency: one query per call, at the first ef of the sweep that reaches 0.95.", "",
+             f"| index | build vec/s | build vs {ref_name} | QPS at recall@10 0.95 | vs {ref_name} | "
+             f"QPS at 0.99 | vs {ref_name} | 1-query latency median / p99 | max recall@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, s in summary.items():
+        lat = (f"{s['latency_us_median']:.0f} / {s['latency_us_p99']:.0f} us"
+               if "latency_us_median" in s else "n/a")
+        lines.append(f"| {label} | {fmt(s['vec_per_s'])} | {s['vec_per_s'] / ref['vec_per_s']:.2f}x | "
+                     f"{fmt(s['qps_at_095'])} | {ratio(s['qps_at_095'], ref['qps_at_095'])} | "
+                     f"{fmt(s['qps_at_099'])} | {ratio(s['qps_at_099'], ref['qps_at_099'])} | {lat} | "
+                     f"{s['max_recall']:.3f} |")
+    sd = summary["shoal (defaults)"]
+    if "default" in sd:
+        d = sd["default"]
+        lines += ["", f"shoal with no `ef` (the calibrated default, ef={d['ef']:.0f}; calibration took "
+                      f"{sd['calibrate_s']:.2f} s): recall@10 {d['recall']:.3f} at {fmt(d['qps'])} QPS "
+                      f"({ratio(d['qps'], ref['qps_at_095'])} of {ref_name}'s QPS at 0.95)."]
+    if "bytes_per_vector" in sd:
+        b = sd["bytes_per_vector"]
+        lines += [f"shoal bytes per vector: float32 rows {b['float32']:.0f}, SQ8 codes {b['codes']:.0f}, "
+                  f"links {b['links']:.0f}; in RAM: float32 + links {b['float32'] + b['links']:.0f} "
+                  f"(quantize=None), codes + float32 + links {b['float32'] + b['codes'] + b['links']:.0f} "
+                  f"(default), codes + links with the float32 rows memory-mapped {b['codes'] + b['links']:.0f}; "
+                  f"peak RSS growth during build {sd['build_peak_rss_delta'] / sd['memory_bytes']:.2f}x the index."]
+    return lines, summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default=str(FULL))
+    ap.add_argument("--dataset", action="append",
+                    help="a dataset directory (repeatable); default: wordnet-minilm-384 and "
+                         "pkg-minilm-384 where present")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="shoal-bench")
     ap.add_argument("--engines", default="shoal,hnswlib,faiss,usearch",
                     help="engines to compare; others than shoal need --peers")
     ap.add_argument("--peers", help="a module file that builds the peer engines (benchmarks/peers.py)")
-    ap.add_argument("--sweep", default="32,48,64,100,200", help="ef_construction values for the Pareto sweep ('' to skip)")
+    ap.add_argument("--sweep", default="32,48,64,100,200",
+                    help="ef_construction values for the Pareto sweep, on the first dataset ('' to skip)")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -223,39 +311,28 @@ def main(argv=None) -> int:
     m_def, efc_def = defaults.m, defaults.ef_construction
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = {"dataset": args.dataset, "threads": 2, "peers": args.peers and os.path.abspath(args.peers)}
+    datasets = args.dataset or [str(p) for p in (FULL, PKG) if (p / "base.npy").is_file()]
+    if not datasets:
+        ap.error(f"no dataset: pass --dataset DIR (looked for {FULL} and {PKG})")
     engines = [e for e in args.engines.split(",") if e and e != "shoal" and args.peers]
-    results: dict = {"protocol": {"dataset": args.dataset, "reps": args.reps, "build_threads": 2,
-                                  "search_threads": 1, "k": 10, "target_recall": TARGET}}
-    configs = [("shoal", m_def, efc_def, "shoal (defaults)")]
-    if (m_def, efc_def) != (16, 64):
-        configs.append(("shoal", 16, 64, "shoal M=16 efc=64"))
-    configs += [(e, 16, 64, f"{e} M=16 efc=64") for e in engines]
-    runs: dict[str, list] = {label: [] for *_, label in configs}
-    for rep in range(args.reps):  # interleave engines so that noise hits all alike
-        for engine, m, efc, label in configs:
-            r = run_worker({**base, "engine": engine, "m": m, "efc": efc})
-            runs[label].append(r)
-            print(f"  rep {rep + 1} {label}: {r['vec_per_s']:,.0f} vec/s", flush=True)
-    summary = {label: summarize(r) for label, r in runs.items()}
-    ref_label = "hnswlib M=16 efc=64" if "hnswlib" in engines else configs[-1][3]
-    ref_name = ref_label.split(" ")[0] if "hnswlib" in engines else ref_label
-    ref = summary[ref_label]
-    results["main"] = summary
-
-    lines = [f"Dataset {Path(args.dataset).name}; build 2 threads, search 1 thread (one batch of "
-             f"queries); medians of {args.reps} runs, each build in a fresh process.", "",
-             f"| index | build vec/s | build vs {ref_name} | QPS at recall@10 0.95 | QPS vs {ref_name} | max recall@10 |",
-             "|---|---|---|---|---|---|"]
-    for label, s in summary.items():
-        q = s["qps_at_095"]
-        lines.append(f"| {label} | {fmt(s['vec_per_s'])} | {s['vec_per_s'] / ref['vec_per_s']:.2f}x | {fmt(q)} | "
-                     f"{fmt(q and q / ref['qps_at_095'], '{:.2f}x')} | {s['max_recall']:.3f} |")
+    results: dict = {"protocol": {"datasets": datasets, "reps": args.reps, "build_threads": 2,
+                                  "search_threads": 1, "k": 10, "target_recall": TARGET},
+                     "main": {}}
+    lines: list[str] = []
+    for dataset in datasets:
+        table, summary = main_table(dataset, args, engines, m_def, efc_def)
+        name = Path(dataset).name
+        results["main"][name] = summary
+        lines += table + ["", f"![recall vs QPS on {name}](recall_qps-{name}.png)", ""]
+        plot(summary, out / f"recall_qps-{name}.png", name)
+    first = datasets[0]
+    base = {"dataset": first, "threads": 2, "peers": args.peers and os.path.abspath(args.peers)}
+    sd = results["main"][Path(first).name]["shoal (defaults)"]
 
     if args.sweep:
         sweep = {}
         swept = ["shoal"] + (["hnswlib"] if "hnswlib" in engines else [])
-        lines += ["", "Pareto sweep over ef_construction (M=16; one build each):", "",
+        lines += [f"Pareto sweep over ef_construction on {Path(first).name} (M=16; one build each):", "",
                   "| ef_construction | " + " | ".join(f"{e} vec/s | {e} QPS@0.95" for e in swept) + " |",
                   "|---|" + "---|---|" * len(swept)]
         for efc in [int(v) for v in args.sweep.split(",")]:
@@ -265,8 +342,8 @@ def main(argv=None) -> int:
                                                     for e in swept) + " |")
             print(f"  sweep efc={efc} done", flush=True)
         results["sweep"] = sweep
+        lines.append("")
 
-    sd = summary["shoal (defaults)"]
     if not args.skip_scaling:
         one = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "threads": 1, "search": False})
                for _ in range(args.reps)]
@@ -274,7 +351,7 @@ def main(argv=None) -> int:
         sizes, evals = {}, {}
         for n in (10_000, 30_000, None):
             if n is None:
-                n = len(load_dataset(args.dataset).base)
+                n = len(load_dataset(first).base)
                 sizes[n], evals[n] = sd["build_s"], sd["distance_evaluations_per_insert"]
                 continue
             rs = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "n": n, "search": False})
@@ -287,30 +364,29 @@ def main(argv=None) -> int:
         results["scaling"] = {"threads_2_vs_1": speedup, "build_s_by_n": sizes,
                               "evaluations_per_insert_by_n": evals,
                               "time_per_n_log_n_relative": t_rel, "evaluations_per_log_n_relative": e_rel}
-        lines += ["", f"Scaling: 2 threads build {speedup:.2f}x faster than 1.", "",
+        lines += [f"Scaling on {Path(first).name}: 2 threads build {speedup:.2f}x faster than 1.", "",
                   "| n | build s | time / (n log n), rel. | distance evaluations per insert | evaluations / log n, rel. |",
                   "|---|---|---|---|---|"]
         lines += [f"| {n:,} | {sizes[n]:.2f} | {t_rel[n]:.2f} | {evals[n]:.0f} | {e_rel[n]:.2f} |" for n in sizes]
+        lines.append("")
 
     mem = sd["memory_bytes"] / sd["vectors_plus_level0_bytes"]
-    peak = sd["build_peak_rss_delta"] / sd["vectors_plus_level0_bytes"]
-    results["memory"] = {"index_vs_vectors_plus_level0": mem, "build_peak_rss_vs_vectors_plus_level0": peak}
-    cold = cold_start(args.dataset, args.reps)
+    results["memory"] = {"index_vs_vectors_plus_level0": mem}
+    cold = cold_start(first, args.reps)
     results["cold_start"] = cold
-    lines += ["", f"Memory: index {mem:.3f}x (vectors + level-0 links); peak RSS growth during build {peak:.2f}x.",
-              f"Cold start: import shoal {cold['import_s']:.3f} s; fresh process load + first query "
+    lines += [f"Cold start: import shoal {cold['import_s']:.3f} s; fresh process load + first query "
               f"{cold['load_first_query_s']:.2f} s ({cold['load_first_query_mmap_s']:.2f} s with mmap=True); "
               f"first-ever kernel compile {cold['cold_compile_s']:.1f} s.",
-              f"Distance evaluations per insert (shoal defaults): {sd['distance_evaluations_per_insert']:.0f}."]
+              f"Distance evaluations per insert (shoal defaults, {Path(first).name}): "
+              f"{sd['distance_evaluations_per_insert']:.0f}."]
     table = "\n".join(lines)
     print("\n" + table)
     (out / "core.md").write_text(table + "\n")
     (out / "core.json").write_text(json.dumps(results, indent=1, default=float))
-    plot(summary, out / "recall_qps.png")
     return 0
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path, name: str) -> None:
     try:
         import matplotlib
 
@@ -330,7 +406,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xlim(0.85, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("wordnet-minilm-384: recall vs QPS (ef sweep)")
+    ax.set_title(f"{name}: recall vs QPS (ef sweep)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -220,7 +220,7 @@ def bench(dataset: Path = typer.Argument(..., help="dataset directory (the wordn
                                                "(benchmarks/peers.py in a checkout); without it, shoal alone"),
           sweep: str = typer.Option("32,48,64,100,200", help="ef_construction values of the Pareto sweep ('' skips)"),
           scaling: bool = typer.Option(True, help="measure thread and size scaling")) -> None:
-    """Benchmark build and search (against hnswlib, faiss, usearch with --peers): core.md, core.json, recall_qps.png."""
+    """Benchmark build and search (against hnswlib, faiss, usearch with --peers): core.md, core.json, recall_qps-DATASET.png."""
     from shoal import bench as bench_module
 
     if not (dataset / "base.npy").exists() and not any(dataset.glob("*.npy")):

@@ -17,6 +17,9 @@ import numpy as np
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "wordnet-10k"
 #: The full dataset where the project's workplace keeps it (absent on a user's clone).
 FULL = Path(os.environ.get("SHOAL_DATASET", Path(__file__).resolve().parents[3] / "shared" / "datasets" / "wordnet-minilm-384"))
+#: A second real set from another domain (package summaries), for checking that defaults tuned
+#: on one set hold on another.
+PKG = Path(os.environ.get("SHOAL_DATASET_PKG", Path(__file__).resolve().parents[3] / "shared" / "datasets" / "pkg-minilm-384"))
 
 
 @dataclass

@@ -47,7 +47,7 @@ from shoal.db.policy import DEFAULT_POLICY, Policy
 from shoal.db.records import DELETE, UPSERT, decode_delete, decode_upsert, encode_delete, encode_upsert
 from shoal.db.snapshot import Epoch, Segment, Snapshot, merge_top_k
 from shoal.errors import CorruptIndexError, InvalidArgumentError, ReadOnlyError, StorageError
-from shoal.index import DEFAULT_EF, Index
+from shoal.index import Index
 from shoal.storage import files
 from shoal.storage.wal import WriteAheadLog, salvage_log
 
@@ -539,7 +539,7 @@ class Collection:
         (a 1-D query is a batch of one): for callers that serialise results (the server).
         With ``payload_text`` payloads stay the JSON text they are stored as."""
         s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
-        q, k, ef = s.queries, s.k, max(s.k, DEFAULT_EF) if s.ef is None else s.ef
+        q, k, ef = s.queries, s.k, s.ef  # ef None: each segment's calibrated default
         snap = self._snap
         allowed = None if filter is None else self._store.uids_where(filter, retired=True)
         parts_u, parts_d = [], []

@@ -46,6 +46,49 @@ def distance_row(a, rows, r, metric):
     return s
 
 
+@njit(**KERNEL)
+def distance_rows4(a, rows, r0, r1, r2, r3, metric):
+    """``distance_row`` to four rows in one pass over ``a``: four independent sums keep the
+    vector units busy where one sum waits on its own additions (about 10% of a search)."""
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    if metric == IP:
+        for i in range(a.shape[0]):
+            x = np.float32(a[i])
+            s0 += x * np.float32(rows[r0, i])
+            s1 += x * np.float32(rows[r1, i])
+            s2 += x * np.float32(rows[r2, i])
+            s3 += x * np.float32(rows[r3, i])
+        one = np.float32(1.0)
+        return one - s0, one - s1, one - s2, one - s3
+    for i in range(a.shape[0]):
+        x = np.float32(a[i])
+        d0 = x - np.float32(rows[r0, i])
+        d1 = x - np.float32(rows[r1, i])
+        d2 = x - np.float32(rows[r2, i])
+        d3 = x - np.float32(rows[r3, i])
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+    return s0, s1, s2, s3
+
+
+@njit(**KERNEL)
+def distances_to_list(a, rows, nodes, cnt, metric, out):
+    """``out[j] = distance_row(a, rows, nodes[j], metric)`` for ``j < cnt``, four at a time."""
+    j = 0
+    while j + 4 <= cnt:
+        out[j], out[j + 1], out[j + 2], out[j + 3] = distance_rows4(
+            a, rows, nodes[j], nodes[j + 1], nodes[j + 2], nodes[j + 3], metric)
+        j += 4
+    while j < cnt:
+        out[j] = distance_row(a, rows, nodes[j], metric)
+        j += 1
+
+
 @njit(**KERNEL_PARALLEL)
 def distances_to_rows(query, vectors, nodes, metric):
     """float32 (len(nodes),): distance from ``query`` to ``vectors[nodes[i]]``."""

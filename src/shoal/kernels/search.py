@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from shoal.kernels import KERNEL, KERNEL_PARALLEL
-from shoal.kernels.distance import distance_row
+from shoal.kernels.distance import distance_row, distances_to_list
 from shoal.kernels.prefetch import prefetch_row
 from shoal.kernels.quantize import prepare_query
 
@@ -120,8 +120,7 @@ def search_layer(query, vectors, links, degs, up_offset, level, size, ef, metric
                 buf_n[cnt] = nb
                 cnt += 1
                 prefetch_row(vectors, nb)
-        for j in range(cnt):
-            buf_d[j] = distance_row(query, vectors, buf_n[j], metric)
+        distances_to_list(query, vectors, buf_n, cnt, metric, buf_d)
         evals += cnt
         lowest = i + 1
         for j in range(cnt):
@@ -258,8 +257,7 @@ def rerank(query, vectors, beam_d, beam_n, size, metric):
     again (insertion sort: the beam is nearly in order already)."""
     for j in range(size):
         prefetch_row(vectors, beam_n[j])
-    for j in range(size):
-        beam_d[j] = distance_row(query, vectors, beam_n[j], metric)
+    distances_to_list(query, vectors, beam_n, size, metric, beam_d)
     for j in range(1, size):
         d = beam_d[j]
         n = beam_n[j]
@@ -274,7 +272,7 @@ def rerank(query, vectors, beam_d, beam_n, size, metric):
 
 @njit(**KERNEL_PARALLEL)
 def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, links0, deg0, links_up,
-                 deg_up, up_offset, entry, top_level, count, metric, visited, tags, allowed):
+                 deg_up, up_offset, entry, top_level, count, metric, visited, tags, allowed, skip):
     """k nearest nodes of each query row among ``count`` nodes, in parallel over queries.
 
     ``codes`` uint8 (capacity, dim) with ``code_lo``/``code_step`` (``shoal.kernels.quantize``):
@@ -282,6 +280,8 @@ def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, links0, deg
     ``vectors``; an empty ``codes`` array walks the float32 rows.
     ``allowed`` uint8 (capacity,) restricts the results to nodes where it is set (a filter);
     an empty array means every node.
+    ``skip`` int32 (nq,): a level-0 node that query ``q``'s walk treats as absent (-1: none), as
+    if the query were a row held out of the index (calibration); an empty array skips none.
 
     ``visited`` uint16 (chunks, capacity) and ``tags`` uint16 (chunks,) are per-worker scratch;
     queries are split into ``chunks`` contiguous ranges, one worker each.
@@ -304,6 +304,8 @@ def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, links0, deg
         tag = tags[c]
         for q in range(c * nq // chunks, (c + 1) * nq // chunks):
             tag = next_tag(visited[c], tag)
+            if skip.shape[0] > 0 and skip[q] >= 0:
+                visited[c][skip[q]] = tag
             if coded:
                 prepare_query(queries[q], code_lo, code_step, metric, prepared)
                 size, e = search_one(prepared, codes, links0, deg0, links_up, deg_up, up_offset,

@@ -12,7 +12,7 @@ Layout (all integers little-endian)::
 The header holds ``dim``, ``metric``, ``m``, ``ef_construction``, ``seed``, ``count`` (nodes),
 ``pool_count`` (upper-level rows), ``entry`` (entry node, -1 when empty), ``top_level``,
 ``rng_state`` (the level generator's state, so later adds draw the same levels), ``quantize``
-(``"sq8"`` or null; version 2), ``default_ef`` (the calibrated search beam, or null; version 2)
+(``"sq8"`` or null; version 2), ``calibration`` (``Index.calibration``, or null; version 2)
 and ``sections``: a list of ``{name, dtype, shape, offset, nbytes, crc32}``. Sections:
 
     vectors    <f4 (count, dim)    stored rows (unit length under cosine)
@@ -147,9 +147,12 @@ def _parse_header(path: str, f) -> dict[str, Any]:
             raise ValueError("metric")
         if header.setdefault("quantize", None) not in ("sq8", None):
             raise ValueError("quantize")
-        ef = header.setdefault("default_ef", None)
-        if ef is not None and (not isinstance(ef, int) or ef < 1):
-            raise ValueError("default_ef")
+        cal = header.setdefault("calibration", None)
+        if cal is not None and not (isinstance(cal, dict) and isinstance(cal.get("default_ef"), int)
+                                    and cal["default_ef"] >= 1 and isinstance(cal.get("efs"), list)
+                                    and isinstance(cal.get("recall"), list)
+                                    and isinstance(cal.get("count"), int)):
+            raise ValueError("calibration")
         table = {entry["name"]: entry for entry in header["sections"]}
     except (ValueError, TypeError, KeyError) as exc:
         raise CorruptIndexError(f"{path}: header is malformed ({exc})") from None
