@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 from shoal.errors import DimensionMismatchError, InvalidArgumentError, InvalidTypeError
-from shoal.kernels.distance import first_nonfinite_row, row_norms
+from shoal.kernels.distance import checked_rows, first_nonfinite_row, row_norms
 
 METRICS = {"cosine": 0, "ip": 0, "l2": 1}
 
@@ -39,9 +39,18 @@ def vectors(data: object, dim: int, name: str = "vectors", normalize: bool = Fal
 
     With ``normalize`` the rows are scaled to unit length (zero rows are refused).
     """
-    out, norms = vectors_and_norms(data, dim, name, normalize)
-    if normalize and out.shape[0]:
-        out = out / norms[:, None]
+    if type(data) is np.ndarray and data.dtype == np.float32 and data.ndim in (1, 2) \
+            and data.shape[-1] == dim:  # the common case, without conversions
+        arr = data.reshape(1, dim) if data.ndim == 1 else data
+    else:
+        arr = _matrix(data, dim, name)
+    out, bad, zero = checked_rows(arr, normalize)
+    if bad >= 0:
+        raise InvalidArgumentError(f"{name} row {bad} contains NaN or Inf; all values must be finite")
+    if zero >= 0:
+        zeros = np.flatnonzero(~arr.any(axis=1))
+        raise InvalidArgumentError(
+            f"{name} rows {zeros[:10].tolist()} have zero length; cosine needs non-zero vectors")
     return out
 
 
@@ -49,6 +58,23 @@ def vectors_and_norms(data: object, dim: int, name: str = "vectors",
                       need_norms: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Like ``vectors`` without normalising: (matrix, row norms or None). The matrix may be the
     caller's own array (no copy when it is already C-contiguous float32): do not write to it."""
+    out = _matrix(data, dim, name)
+    bad = first_nonfinite_row(out)
+    if bad >= 0:
+        raise InvalidArgumentError(f"{name} row {bad} contains NaN or Inf; all values must be finite")
+    norms = None
+    if need_norms:
+        norms = row_norms(out)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise InvalidArgumentError(
+                f"{name} rows {zero[:10].tolist()} have zero length; cosine needs non-zero vectors"
+            )
+    return out, norms
+
+
+def _matrix(data: object, dim: int, name: str) -> np.ndarray:
+    """``data`` as a C-contiguous float32 (n, dim) matrix (values not checked yet)."""
     if isinstance(data, (str, bytes)) or data is None:
         raise InvalidTypeError(f"{name} must be a numeric array, got {type(data).__name__}")
     try:
@@ -69,20 +95,8 @@ def vectors_and_norms(data: object, dim: int, name: str = "vectors",
         raise DimensionMismatchError(
             f"{name} must have dimension {dim}, got shape {arr.shape}"
         )
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = first_nonfinite_row(out)
-    if bad >= 0:
-        raise InvalidArgumentError(f"{name} row {bad} contains NaN or Inf; all values must be finite")
-    norms = None
-    if need_norms:
-        norms = row_norms(out)
-        zero = np.flatnonzero(norms == 0)
-        if zero.size:
-            raise InvalidArgumentError(
-                f"{name} rows {zero[:10].tolist()} have zero length; cosine needs non-zero vectors"
-            )
-    return out, norms
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused later
+        return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def ids(data: object, n: int, name: str = "ids") -> np.ndarray:

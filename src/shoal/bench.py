@@ -296,8 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", default="shoal,hnswlib,faiss,usearch",
                     help="engines to compare; others than shoal need --peers")
     ap.add_argument("--peers", help="a module file that builds the peer engines (benchmarks/peers.py)")
-    ap.add_argument("--sweep", default="32,48,64,100,200",
-                    help="ef_construction values for the Pareto sweep, on the first dataset ('' to skip)")
+    ap.add_argument("--sweep", default="32,40,48,64,100",
+                    help="ef_construction values for the Pareto sweep on each dataset ('' to skip)")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -330,19 +330,22 @@ def main(argv=None) -> int:
     sd = results["main"][Path(first).name]["shoal (defaults)"]
 
     if args.sweep:
-        sweep = {}
+        results["sweep"] = {}
         swept = ["shoal"] + (["hnswlib"] if "hnswlib" in engines else [])
-        lines += [f"Pareto sweep over ef_construction on {Path(first).name} (M=16; one build each):", "",
-                  "| ef_construction | " + " | ".join(f"{e} vec/s | {e} QPS@0.95" for e in swept) + " |",
-                  "|---|" + "---|---|" * len(swept)]
-        for efc in [int(v) for v in args.sweep.split(",")]:
-            row = {e: summarize([run_worker({**base, "engine": e, "m": 16, "efc": efc})]) for e in swept}
-            sweep[efc] = row
-            lines.append(f"| {efc} | " + " | ".join(f"{fmt(row[e]['vec_per_s'])} | {fmt(row[e]['qps_at_095'])}"
-                                                    for e in swept) + " |")
-            print(f"  sweep efc={efc} done", flush=True)
-        results["sweep"] = sweep
-        lines.append("")
+        for dataset in datasets:
+            dbase = {**base, "dataset": dataset}
+            sweep = {}
+            lines += [f"Pareto sweep over ef_construction on {Path(dataset).name} (M=16; one build each):", "",
+                      "| ef_construction | " + " | ".join(f"{e} vec/s | {e} QPS@0.95" for e in swept) + " |",
+                      "|---|" + "---|---|" * len(swept)]
+            for efc in [int(v) for v in args.sweep.split(",")]:
+                row = {e: summarize([run_worker({**dbase, "engine": e, "m": 16, "efc": efc})]) for e in swept}
+                sweep[efc] = row
+                lines.append(f"| {efc} | " + " | ".join(f"{fmt(row[e]['vec_per_s'])} | {fmt(row[e]['qps_at_095'])}"
+                                                        for e in swept) + " |")
+                print(f"  sweep {Path(dataset).name} efc={efc} done", flush=True)
+            results["sweep"][Path(dataset).name] = sweep
+            lines.append("")
 
     if not args.skip_scaling:
         one = [run_worker({**base, "engine": "shoal", "m": m_def, "efc": efc_def, "threads": 1, "search": False})

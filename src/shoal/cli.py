@@ -75,7 +75,7 @@ def search(db: Path = typer.Argument(..., help="database directory"),
            vector_file: Optional[Path] = typer.Option(None, help=".npy file: one vector, or the first row"),
            id: Optional[str] = typer.Option(None, "--id", help="search with the vector of this point"),
            k: int = typer.Option(10, min=1, help="results"),
-           ef: Optional[int] = typer.Option(None, min=1, help="beam width (default max(k, 40))"),
+           ef: Optional[int] = typer.Option(None, min=1, help="beam width (default: the index's calibrated one, for recall@10 0.95)"),
            filter: Optional[str] = typer.Option(None, help='payload filter as JSON, e.g. \'{"lang": "en"}\''),
            as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """Nearest points to a vector (from a file) or to a stored point (--id)."""
@@ -218,7 +218,7 @@ def bench(dataset: Path = typer.Argument(..., help="dataset directory (the wordn
           engines: str = typer.Option("shoal,hnswlib,faiss,usearch", help="engines to compare (with --peers)"),
           peers: Optional[Path] = typer.Option(None, help="module file with the peer adapters "
                                                "(benchmarks/peers.py in a checkout); without it, shoal alone"),
-          sweep: str = typer.Option("32,48,64,100,200", help="ef_construction values of the Pareto sweep ('' skips)"),
+          sweep: str = typer.Option("32,40,48,64,100", help="ef_construction values of the Pareto sweep ('' skips)"),
           scaling: bool = typer.Option(True, help="measure thread and size scaling")) -> None:
     """Benchmark build and search (against hnswlib, faiss, usearch with --peers): core.md, core.json, recall_qps-DATASET.png."""
     from shoal import bench as bench_module

@@ -23,6 +23,7 @@ import orjson
 from shoal import errors
 from shoal.db import contract
 from shoal.db.collection import Hit
+from shoal.index import DEFAULT_EF_CONSTRUCTION
 
 
 def _error(response: Any) -> errors.ShoalError:
@@ -76,7 +77,7 @@ class Client:
         return self.request("GET", "/collections")["collections"]
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
-                          ef_construction: int = 40) -> "RemoteCollection":
+                          ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> "RemoteCollection":
         config = contract.prepare_create(name, dim, metric, m, ef_construction)
         info = self.request("PUT", f"/collections/{name}", {k: config[k] for k in ("dim", "metric", "m", "ef_construction")})
         return RemoteCollection(self, info)

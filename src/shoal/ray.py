@@ -31,6 +31,7 @@ from shoal.db import contract
 from shoal.db.collection import Hit
 from shoal.db.manifest import write_json
 from shoal.db.payloads import Key, loads
+from shoal.index import DEFAULT_EF_CONSTRUCTION
 from shoal.storage import files
 
 #: How often and how long the driver retries a call whose actor died (it restarts meanwhile).
@@ -150,7 +151,7 @@ def _meta_path(path: str, name: str) -> str:
 
 
 def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: int, path: str,
-                      m: int = 16, ef_construction: int = 40, max_restarts: int = -1,
+                      m: int = 16, ef_construction: int = DEFAULT_EF_CONSTRUCTION, max_restarts: int = -1,
                       num_cpus: float = 0, threads: int | None = None,
                       retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> "ShardedCollection":
     """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in

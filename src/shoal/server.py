@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shoal import errors
 from shoal.db.contract import LIMITS, NAME
 from shoal.db.database import Database, check_name, open_database
+from shoal.index import DEFAULT_EF_CONSTRUCTION
 
 #: Request bodies larger than this get 413 (1,000 queries of 1,536 floats fit).
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -58,7 +59,7 @@ class CreateCollection(_Model):
     dim: int = Field(ge=1, le=LIMITS.max_dim)
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     m: int = Field(16, ge=2, le=LIMITS.max_m)
-    ef_construction: int = Field(40, ge=1, le=LIMITS.max_ef_construction)
+    ef_construction: int = Field(DEFAULT_EF_CONSTRUCTION, ge=1, le=LIMITS.max_ef_construction)
 
 
 class CollectionInfo(BaseModel):

@@ -23,6 +23,7 @@ from shoal.db import contract
 from shoal.db import manifest as manifest_file
 from shoal.db.collection import Collection
 from shoal.db.policy import DEFAULT_POLICY, Policy
+from shoal.index import DEFAULT_EF_CONSTRUCTION
 from shoal.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -115,7 +116,7 @@ class Database:
             raise StorageError(f"{what} failed with an I/O error ({exc})") from exc
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
-                          ef_construction: int = 40) -> Collection:
+                          ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> Collection:
         """Create an empty collection; ``CollectionExistsError`` if the name is taken."""
         with self._lock:
             return self._create_locked(name, dim, metric, m, ef_construction)

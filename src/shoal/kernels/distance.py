@@ -130,3 +130,29 @@ def first_nonfinite_row(x):
             if not np.isfinite(x[i, j]):
                 return i
     return -1
+
+
+@njit(cache=True, nogil=True)
+def checked_rows(x, normalize):
+    """A float32 copy of ``x`` (n, d), each row divided by its (float32) norm when
+    ``normalize``; with the first row holding NaN or Inf (or -1) and the first zero row under
+    ``normalize`` (or -1). One pass for a query's checks (no fastmath: it must see NaN)."""
+    n, d = x.shape
+    out = np.empty((n, d), np.float32)
+    for i in range(n):
+        s = 0.0
+        for j in range(d):
+            v = x[i, j]
+            if not np.isfinite(v):
+                return out, i, -1
+            s += np.float64(v) * v
+        if normalize:
+            if s == 0.0:
+                return out, -1, i
+            norm = np.float32(np.sqrt(s))
+            for j in range(d):
+                out[i, j] = np.float32(x[i, j]) / norm
+        else:
+            for j in range(d):
+                out[i, j] = x[i, j]
+    return out, -1, -1

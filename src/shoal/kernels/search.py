@@ -270,14 +270,51 @@ def rerank(query, vectors, beam_d, beam_n, size, metric):
         beam_n[i] = n
 
 
+@njit(**KERNEL)
+def search_chunk(c, lo, hi, queries, k, ef, vectors, codes, code_lo, code_step, rerank_k, links0,
+                 deg0, links_up, deg_up, up_offset, entry, top_level, count, metric, visited, tags,
+                 allowed, skip, out_n, out_d, evals):
+    """Queries ``lo .. hi-1`` of a batch, with worker ``c``'s scratch (see ``search_batch``);
+    writes their rows of ``out_n``, ``out_d`` and ``evals``."""
+    beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef, links0.shape[1])
+    heap_size = count if allowed.shape[0] > 0 else 0
+    heap_d = np.empty(heap_size, np.float32)
+    heap_n = np.empty(heap_size, np.int32)
+    prepared = np.empty(queries.shape[1], np.float32)
+    coded = codes.shape[0] > 0
+    tag = tags[c]
+    for q in range(lo, hi):
+        tag = next_tag(visited[c], tag)
+        if skip.shape[0] > 0 and skip[q] >= 0:
+            visited[c][skip[q]] = tag
+        if coded:
+            prepare_query(queries[q], code_lo, code_step, metric, prepared)
+            size, e = search_one(prepared, codes, links0, deg0, links_up, deg_up, up_offset,
+                                 entry, top_level, count, metric, ef, allowed, visited[c], tag,
+                                 heap_d, heap_n, beam_d, beam_n, beam_x, buf_n, buf_d)
+            size = min(size, rerank_k)
+            rerank(queries[q], vectors, beam_d, beam_n, size, metric)
+            e += size
+        else:
+            size, e = search_one(queries[q], vectors, links0, deg0, links_up, deg_up, up_offset,
+                                 entry, top_level, count, metric, ef, allowed, visited[c], tag,
+                                 heap_d, heap_n, beam_d, beam_n, beam_x, buf_n, buf_d)
+        evals[q] = e
+        for j in range(min(k, size)):
+            out_n[q, j] = beam_n[j]
+            out_d[q, j] = beam_d[j]
+    tags[c] = tag
+
+
 @njit(**KERNEL_PARALLEL)
-def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, links0, deg0, links_up,
-                 deg_up, up_offset, entry, top_level, count, metric, visited, tags, allowed, skip):
+def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, rerank_k, links0, deg0,
+                 links_up, deg_up, up_offset, entry, top_level, count, metric, visited, tags,
+                 allowed, skip):
     """k nearest nodes of each query row among ``count`` nodes, in parallel over queries.
 
     ``codes`` uint8 (capacity, dim) with ``code_lo``/``code_step`` (``shoal.kernels.quantize``):
-    the walk compares the query with codes and the beam it ends with is ranked by the float32
-    ``vectors``; an empty ``codes`` array walks the float32 rows.
+    the walk compares the query with codes and the beam's first ``rerank_k`` (>= k) entries are
+    ranked again by the float32 ``vectors``; an empty ``codes`` array walks the float32 rows.
     ``allowed`` uint8 (capacity,) restricts the results to nodes where it is set (a filter);
     an empty array means every node.
     ``skip`` int32 (nq,): a level-0 node that query ``q``'s walk treats as absent (-1: none), as
@@ -293,33 +330,24 @@ def search_batch(queries, k, ef, vectors, codes, code_lo, code_step, links0, deg
     out_d = np.full((nq, k), np.inf, np.float32)
     evals = np.zeros(nq, np.int64)
     chunks = visited.shape[0]
-    width = links0.shape[1]
-    coded = codes.shape[0] > 0
     for c in prange(chunks):
-        beam_d, beam_n, beam_x, buf_n, buf_d = beam_scratch(ef, width)
-        heap_size = count if allowed.shape[0] > 0 else 0
-        heap_d = np.empty(heap_size, np.float32)
-        heap_n = np.empty(heap_size, np.int32)
-        prepared = np.empty(queries.shape[1], np.float32)
-        tag = tags[c]
-        for q in range(c * nq // chunks, (c + 1) * nq // chunks):
-            tag = next_tag(visited[c], tag)
-            if skip.shape[0] > 0 and skip[q] >= 0:
-                visited[c][skip[q]] = tag
-            if coded:
-                prepare_query(queries[q], code_lo, code_step, metric, prepared)
-                size, e = search_one(prepared, codes, links0, deg0, links_up, deg_up, up_offset,
-                                     entry, top_level, count, metric, ef, allowed, visited[c], tag,
-                                     heap_d, heap_n, beam_d, beam_n, beam_x, buf_n, buf_d)
-                rerank(queries[q], vectors, beam_d, beam_n, size, metric)
-                e += size
-            else:
-                size, e = search_one(queries[q], vectors, links0, deg0, links_up, deg_up, up_offset,
-                                     entry, top_level, count, metric, ef, allowed, visited[c], tag,
-                                     heap_d, heap_n, beam_d, beam_n, beam_x, buf_n, buf_d)
-            evals[q] = e
-            for j in range(min(k, size)):
-                out_n[q, j] = beam_n[j]
-                out_d[q, j] = beam_d[j]
-        tags[c] = tag
+        search_chunk(c, c * nq // chunks, (c + 1) * nq // chunks, queries, k, ef, vectors, codes,
+                     code_lo, code_step, rerank_k, links0, deg0, links_up, deg_up, up_offset, entry,
+                     top_level, count, metric, visited, tags, allowed, skip, out_n, out_d, evals)
+    return out_n, out_d, evals
+
+
+@njit(**KERNEL)
+def search_serial(queries, k, ef, vectors, codes, code_lo, code_step, rerank_k, links0, deg0,
+                  links_up, deg_up, up_offset, entry, top_level, count, metric, visited, tags,
+                  allowed, skip):
+    """``search_batch`` on the calling thread with scratch row 0: a single query (or a batch
+    on one thread) pays no parallel launch, which costs more than the search itself."""
+    nq = queries.shape[0]
+    out_n = np.full((nq, k), -1, np.int32)
+    out_d = np.full((nq, k), np.inf, np.float32)
+    evals = np.zeros(nq, np.int64)
+    search_chunk(0, 0, nq, queries, k, ef, vectors, codes, code_lo, code_step, rerank_k, links0,
+                 deg0, links_up, deg_up, up_offset, entry, top_level, count, metric, visited, tags,
+                 allowed, skip, out_n, out_d, evals)
     return out_n, out_d, evals
