@@ -671,11 +671,12 @@ class Index:
         """Search ``view`` (default: the index as it stands) for prepared queries (C-contiguous
         float32, (nq, dim), unit length under cosine) restricted to nodes whose ``mask`` (bool,
         one per node in insertion order) is set; ``None`` means all. Returns ids and distances
-        as ``search`` (``ef`` None: this index's default for ``k``). For callers that keep their
-        own per-node state (collections); inputs are trusted."""
+        as ``search`` (``ef`` None: this index's default for ``k``, as last calibrated: the
+        caller calibrates, see ``calibrate_if_stale``). For callers that keep their own
+        per-node state (collections); inputs are trusted."""
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
         g = self.view() if view is None else view
-        ef = self.ef_for(k) if ef is None else max(ef, k)
+        ef = self.ef_for(k, calibrate=False) if ef is None else max(ef, k)
         if mask is None:
             nodes, dists = self._search_nodes(g, queries, k, ef, threads)
         else:
@@ -742,11 +743,13 @@ class Index:
         ``recall`` measured at each, ``default_ef``; None before the first."""
         return None if self._calibration is None else dict(self._calibration)
 
-    def ef_for(self, k: int, recall: float | None = None) -> int:
+    def ef_for(self, k: int, recall: float | None = None, *, calibrate: bool = True) -> int:
         """The beam a search for ``k`` neighbours uses without ``ef``: for a ``recall`` target,
         the smallest calibrated beam measured to reach it (the largest measured when none
-        did), else ``default_ef``; for ``k > 10`` scaled by ``k / 10``; never below ``k``."""
-        self._maybe_calibrate()
+        did), else ``default_ef``; for ``k > 10`` scaled by ``k / 10``; never below ``k``.
+        With ``calibrate`` an index grown since its last calibration is calibrated first."""
+        if calibrate:
+            self.calibrate_if_stale()
         if recall is None:
             base = self.default_ef
         else:
@@ -814,7 +817,7 @@ class Index:
                              "recall": recalls, "default_ef": reached[0] if reached else efs[-1]}
         return dict(self._calibration)
 
-    def _maybe_calibrate(self) -> None:
+    def calibrate_if_stale(self) -> None:
         """Calibrate when the index has grown enough since the last time (see CALIBRATION_*)."""
         cal = self._calibration
         if self._count >= CALIBRATION_MIN and (cal is None or self._count >= CALIBRATION_GROWTH * cal["count"]):
@@ -874,7 +877,7 @@ class Index:
         The format is described in ``shoal.storage.format``."""
         from shoal.storage.format import write_index
 
-        self._maybe_calibrate()
+        self.calibrate_if_stale()
         write_index(path, self._header(), self._sections())
 
     @classmethod
