@@ -26,6 +26,8 @@ def metric_code(metric: object) -> int:
 
 def positive_int(value: object, name: str, minimum: int = 1) -> int:
     """An integer >= minimum (bools are refused)."""
+    if type(value) is int and value >= minimum:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidTypeError(f"{name} must be an integer, got {type(value).__name__}")
     value = int(value)

@@ -48,7 +48,7 @@ from shoal.kernels.quantize import (
     quantize_rows,
     sq8_params,
 )
-from shoal.kernels.search import search_batch, search_serial
+from shoal.kernels.search import labels_of, search_batch, search_serial
 
 MAX_LEVEL = 31
 #: ef_construction when the caller gives none (see the class docstring).
@@ -641,8 +641,7 @@ class Index:
             found = self._lookup(keys)
             nodes, dists = self._search_allowed(g, q, k, ef, threads, np.unique(found[found >= 0]),
                                                 filter_path)
-        labels = np.where(nodes >= 0, g.ids[np.maximum(nodes, 0)], -1) if g.count else \
-            np.full(nodes.shape, -1, np.int64)
+        labels = labels_of(nodes, g.ids)
         if one:
             return labels[0], dists[0]
         return labels, dists
@@ -682,9 +681,7 @@ class Index:
         else:
             nodes, dists = self._search_allowed(g, queries, k, ef, threads,
                                                 np.flatnonzero(mask[: g.count]).astype(np.int32))
-        labels = np.full(nodes.shape, -1, np.int64)
-        found = nodes >= 0
-        labels[found] = g.ids[nodes[found]]
+        labels = labels_of(nodes, g.ids)
         return labels, dists
 
     def _search_allowed(self, g: "GraphView", q: np.ndarray, k: int, ef: int, threads: int,

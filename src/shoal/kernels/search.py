@@ -351,3 +351,14 @@ def search_serial(queries, k, ef, vectors, codes, code_lo, code_step, rerank_k, 
                  deg0, links_up, deg_up, up_offset, entry, top_level, count, metric, visited, tags,
                  allowed, skip, out_n, out_d, evals)
     return out_n, out_d, evals
+
+
+@njit(**KERNEL)
+def labels_of(nodes, ids):
+    """int64 ids of ``nodes`` (int32 (nq, k)), -1 where a node is -1 (padding)."""
+    out = np.full(nodes.shape, -1, np.int64)
+    for i in range(nodes.shape[0]):
+        for j in range(nodes.shape[1]):
+            if nodes[i, j] >= 0:
+                out[i, j] = ids[nodes[i, j]]
+    return out
