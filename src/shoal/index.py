@@ -37,6 +37,7 @@ from shoal.kernels.build import (
     unlinked_nodes,
     unreachable_nodes,
 )
+from shoal.datasets import recall_at_k
 from shoal.exact import exact_top_k
 from shoal.kernels.distance import distances_to_rows
 from shoal.kernels.quantize import (
@@ -95,9 +96,6 @@ PEER_BLOCK = 512
 #: rows of later adds rarely fall outside it (then every row is coded again).
 CODE_MARGIN = 1 / 16
 QUANTIZERS = ("sq8", None)
-#: A search on codes ranks its whole beam again by the float32 rows. (On both real datasets
-#: ranking only the best 2k by code distance lost nothing and was 5-10% faster, but on data
-#: with a tight cluster inside a wide range, where codes tie, it lost a quarter of recall.)
 _NO_FILTER = np.zeros(0, np.uint8)
 _NO_PEERS = np.zeros((0, 0), np.int32)
 _NO_SKIP = np.zeros(0, np.int32)
@@ -170,7 +168,6 @@ class Index:
         self._calibration: dict[str, Any] | None = None
         self._code_lo = np.zeros(self._dim, np.float32)
         self._code_step = np.ones(self._dim, np.float32)
-        self._code_hi = np.zeros(self._dim, np.float32)
         self._rng = np.random.default_rng(self._seed)
         self._count = 0
         self._pool_count = 0
@@ -405,12 +402,12 @@ class Index:
         into a new array, so that a reader's ``GraphView`` keeps codes and parameters that
         belong together."""
         lo, hi = column_ranges(self._vectors[start:stop])
-        if start == 0 or (lo < self._code_lo).any() or (hi > self._code_hi).any():
+        coded_hi = self._code_lo + 255 * self._code_step
+        if start == 0 or (lo < self._code_lo).any() or (hi > coded_hi).any():
             if start > 0:
                 lo = np.minimum(lo, self._code_lo)
-                hi = np.maximum(hi, self._code_hi)
+                hi = np.maximum(hi, coded_hi)
             self._code_lo, self._code_step = sq8_params(lo, hi, self._metric_code, CODE_MARGIN)
-            self._code_hi = self._code_lo + 255 * self._code_step
             codes = np.empty_like(self._sq_codes)
             codes[:stop] = encode_sq8(self._vectors[:stop], self._code_lo, self._code_step)
             self._sq_codes = codes
@@ -708,7 +705,7 @@ class Index:
             return np.full((nq, k), -1, np.int32), np.full((nq, k), np.inf, np.float32)
         chunks = max(1, min(threads, nq))
         visited, tags = self._take_scratch(chunks, g.count)
-        args = (q, k, ef, g.vectors, g.codes, g.code_lo, g.code_step, ef, g.links0, g.deg0,
+        args = (q, k, ef, g.vectors, g.codes, g.code_lo, g.code_step, g.links0, g.deg0,
                 g.links_up, g.deg_up, g.up_offset, g.entry, g.top_level, g.count, self._metric_code,
                 visited, tags, _NO_FILTER if allowed is None else allowed,
                 _NO_SKIP if skip is None else skip)
@@ -764,8 +761,9 @@ class Index:
                   sample: int = CALIBRATION_SAMPLE, num_threads: int | None = None) -> dict[str, Any]:
         """Measure recall@k of ``search`` against exact search for a ladder of beams
         (``CALIBRATION_EFS``) and make the smallest beam that reaches ``target`` the default
-        (``default_ef``; saved with the index). An index that by a quarter since the last time (from 1,000 rows) is calibrated again by the
-        first search that needs its default, and by ``save``.
+        (``default_ef``; saved with the index). An index of 1,000 rows or more that has grown
+        by a quarter since its last calibration is calibrated again by the first search that
+        needs its default, and by ``save``.
 
         Without ``queries``, ``sample`` of the index's own rows (drawn with the index's seed)
         are the queries, each searched as if it were not in the index (its node is skipped
@@ -795,8 +793,8 @@ class Index:
             truth = np.array([[p for p in row if p != s][:k] for row, s in zip(pos, skip)], np.int64)
         else:
             q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
-            if n == 0 or q.shape[0] == 0:
-                raise InvalidArgumentError("calibrate needs rows in the index and at least one query")
+            if n < k or q.shape[0] == 0:
+                raise InvalidArgumentError(f"calibrate needs at least k = {k} rows in the index and one query")
             truth, _ = exact_top_k(q, self._vectors[:n], k, self._metric_code)
         efs, recalls = [], []
         g = self.view()
@@ -804,9 +802,8 @@ class Index:
             if ef < k:
                 continue
             found, _ = self._search_nodes(g, q, k, ef, threads, skip=skip)
-            hits = sum(np.intersect1d(f, t[t >= 0]).size for f, t in zip(found, truth))
             efs.append(ef)
-            recalls.append(round(hits / max(1, int((truth >= 0).sum())), 4))
+            recalls.append(round(recall_at_k(found, truth, k), 4))
             if recalls[-1] >= CALIBRATION_TOP:
                 break
         reached = [e for e, r in zip(efs, recalls) if r >= target]
@@ -958,7 +955,6 @@ class Index:
             setattr(self, "_" + name, arr)
         if codes is not None:  # stored: kept as read (mmap or not, codes live in RAM)
             self._sq_codes = np.ascontiguousarray(codes)
-            self._code_hi = self._code_lo + 255 * self._code_step
         else:
             self._sq_codes = np.zeros((self._vectors.shape[0] if self._quantize else 0, self._dim), np.uint8)
             if self._quantize and self._count:
