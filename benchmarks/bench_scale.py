@@ -1,0 +1,289 @@
+"""shoal at a million rows (issue 12): rows made from real data, against hnswlib in the same run.
+
+A million real embeddings cannot be shipped, so rows are made from the real WordNet set by a
+fixed construction (``make_rows``): synthetic row i is the renormalised point
+``(1 - t) * a + t * b + e``, where ``a`` is a uniformly drawn real row, ``b`` one of ``a``'s ten
+exact nearest real rows (drawn uniformly), ``t ~ U(0, 0.5)`` and ``e`` Gaussian noise of norm
+about 0.1 (unit rows: a tenth of a typical distance to a near neighbour). Every size uses the
+same construction (seed 0; a larger size extends a smaller one), the queries are the data set's
+1,000 held-out real queries, and the ground truth is exact (BLAS over all rows).
+
+For each size, each engine runs in its own process (peak RSS is its own):
+- ``index``: ``shoal.Index.add`` (2 threads, defaults), then QPS at recall@10 0.95 (1 thread,
+  queries as one batch, interpolated over an ef sweep) and the calibrated default;
+- ``hnswlib``: ``add_items`` with M=16, ef_construction=64, 2 threads; the same sweep;
+- ``collection``: durable ingest (``upsert`` of 1,000 rows with payloads, two payload indexes),
+  each upsert's time (median, p99, worst: a checkpoint runs on the writer), a final
+  ``checkpoint()``, disk use, then reopen + first query, single-query latency and batch QPS at
+  the ef where the Index reached 0.95.
+
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 100000,1000000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from bench_core import write_results  # noqa: E402  (same directory)
+from shoal.bench import _reset_peak, _rss_now, _rss_peak, median_time, qps_at  # noqa: E402
+from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
+
+EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256]
+NEIGHBOURS = 10
+NOISE = 0.1
+BATCH = 1000
+
+
+# ----------------------------------------------------------------------------- the rows
+def real_neighbours(base: np.ndarray, cache: Path) -> np.ndarray:
+    """int32 (n, NEIGHBOURS): each real row's exact nearest other rows (BLAS; cached)."""
+    path = cache / f"neighbours-{len(base)}.npy"
+    if path.exists():
+        return np.load(path)
+    out = np.empty((len(base), NEIGHBOURS), np.int32)
+    for lo in range(0, len(base), 2048):
+        sims = base[lo:lo + 2048] @ base.T
+        sims[np.arange(sims.shape[0]), np.arange(lo, lo + sims.shape[0])] = -np.inf
+        top = np.argpartition(-sims, NEIGHBOURS, axis=1)[:, :NEIGHBOURS]
+        out[lo:lo + 2048] = top
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def make_rows(base: np.ndarray, nbrs: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` synthetic unit rows (see the module's docstring), made in blocks so that the
+    first rows of a larger size are the rows of a smaller one."""
+    out = np.empty((n, base.shape[1]), np.float32)
+    block = 100_000
+    for lo in range(0, n, block):
+        rng = np.random.default_rng([seed, lo // block])
+        m = min(block, n - lo)
+        a = rng.integers(0, len(base), m)
+        b = nbrs[a, rng.integers(0, NEIGHBOURS, m)]
+        t = rng.uniform(0, 0.5, (m, 1)).astype(np.float32)
+        x = (1 - t) * base[a] + t * base[b]
+        x += rng.normal(0, NOISE / np.sqrt(base.shape[1]), x.shape).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[lo:lo + m] = x
+    return out
+
+
+def truth(queries: np.ndarray, rows: np.ndarray, k: int = 10) -> np.ndarray:
+    """Exact top-k rows of each query by inner product (BLAS, in blocks of rows)."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for lo in range(0, len(rows), 200_000):
+        s = queries @ rows[lo:lo + 200_000].T
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
+        cand_i = np.concatenate([best_i, top + lo], axis=1)
+        keep = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+        best_s = np.take_along_axis(cand_s, keep, 1)
+        best_i = np.take_along_axis(cand_i, keep, 1)
+    order = np.argsort(-best_s, axis=1)
+    return np.take_along_axis(best_i, order, 1)
+
+
+# ----------------------------------------------------------------------------- workers
+def sweep(search, queries: np.ndarray, gt: np.ndarray) -> list[dict]:
+    search(queries[:10], 16)
+    curve = []
+    for ef in EFS:
+        labels = search(queries, ef)
+        secs = median_time(lambda: search(queries, ef))
+        curve.append({"ef": ef, "recall": recall_at_k(labels, gt), "qps": len(queries) / secs})
+        if curve[-1]["recall"] >= 0.99:
+            break
+    return curve
+
+
+def worker(spec: dict) -> dict:
+    rows = np.load(spec["rows"])
+    queries = np.load(spec["queries"])
+    gt = np.load(spec["gt"])
+    n, dim = rows.shape
+    out: dict = {"engine": spec["engine"], "n": n}
+    rss0 = _rss_now()
+    _reset_peak()
+    if spec["engine"] == "hnswlib":
+        import hnswlib
+
+        ref = hnswlib.Index(space="ip", dim=dim)
+        ref.init_index(max_elements=n, ef_construction=64, M=16, random_seed=0)
+        ref.set_num_threads(2)
+        t = time.perf_counter()
+        ref.add_items(rows)
+        out["build_s"] = time.perf_counter() - t
+        out["build_peak_rss_delta"] = _rss_peak() - rss0
+        ref.set_num_threads(1)
+
+        def search(q, ef):
+            ref.set_ef(max(ef, 10))
+            return ref.knn_query(q, 10)[0]
+        out["curve"] = sweep(search, queries, gt)
+        return out
+
+    import shoal
+
+    shoal.Index(dim).add(rows[:2000])  # compile outside the clock
+    if spec["engine"] == "index":
+        index = shoal.Index(dim, "cosine", seed=0)
+        t = time.perf_counter()
+        index.add(rows, num_threads=2)
+        out["build_s"] = time.perf_counter() - t
+        out["build_peak_rss_delta"] = _rss_peak() - rss0
+        out["index_bytes"] = index.stats()["memory_bytes"]
+        out["curve"] = sweep(lambda q, ef: index.search(q, 10, ef=ef, num_threads=1)[0], queries, gt)
+        t = time.perf_counter()
+        index.calibrate(num_threads=2)
+        out["calibrate_s"] = time.perf_counter() - t
+        out["default"] = {"ef": index.default_ef,
+                          "recall": recall_at_k(index.search(queries, 10, num_threads=1)[0], gt)}
+        return out
+
+    # the collection: durable ingest with payloads and two payload indexes
+    folder = tempfile.mkdtemp(dir=spec.get("tmp"))
+    try:
+        db = shoal.open(folder)
+        col = db.create_collection("rows", dim=dim, metric="cosine")
+        col.create_payload_index("group")
+        col.create_payload_index("tag")
+        lat = []
+        t0 = time.perf_counter()
+        for lo in range(0, n, BATCH):
+            ids = list(range(lo, min(lo + BATCH, n)))
+            payloads = [{"group": i % 100, "tag": f"t{i % 7}"} for i in ids]
+            t = time.perf_counter()
+            col.upsert(ids, rows[lo:lo + BATCH], payloads)
+            lat.append(time.perf_counter() - t)
+        out["ingest_s"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        col.checkpoint()
+        out["final_checkpoint_s"] = time.perf_counter() - t
+        out["ingest_peak_rss_delta"] = _rss_peak() - rss0
+        lat_ms = np.array(lat) * 1e3
+        out["upsert_ms"] = {"median": float(np.median(lat_ms)), "p99": float(np.percentile(lat_ms, 99)),
+                            "max": float(lat_ms.max()), "over_100ms": int((lat_ms > 100).sum())}
+        out["segments"] = len(col.stats()["segments"])
+        db.close()
+        out["disk_bytes"] = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+        t = time.perf_counter()
+        db = shoal.open(folder)
+        col = db.get_collection("rows")
+        col.search(queries[0], k=10)
+        out["reopen_first_query_s"] = time.perf_counter() - t
+        ef = spec["ef"]
+        found = np.array([[h.id for h in r] for r in col.search(queries, k=10, ef=ef, with_payload=False,
+                                                                   num_threads=1)])
+        out["at_ef"] = {"ef": ef, "recall": recall_at_k(found, gt),
+                        "qps": len(queries) / median_time(lambda: col.search(
+                            queries, k=10, ef=ef, with_payload=False, num_threads=1))}
+        one = []
+        for q in queries:
+            t = time.perf_counter()
+            col.search(q, k=10, ef=ef, with_payload=False)
+            one.append(time.perf_counter() - t)
+        out["single_query_us"] = {"median": float(np.median(one) * 1e6),
+                                  "p99": float(np.percentile(one, 99) * 1e6)}
+        db.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def run_worker(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {spec['engine']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- driver
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=str(FULL))
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "shoal-bench"))
+    ap.add_argument("--worker")
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker)), default=float))
+        return 0
+    ds = load_dataset(args.dataset)
+    cache = Path(args.cache)
+    nbrs = real_neighbours(ds.base, cache)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict = {"dataset": args.dataset, "construction": {"neighbours": NEIGHBOURS, "noise": NOISE},
+                     "sizes": {}}
+    work = Path(tempfile.mkdtemp(dir=cache))
+    try:
+        np.save(work / "queries.npy", ds.queries)
+        for n in sizes:
+            rows = make_rows(ds.base, nbrs, n)
+            np.save(work / "rows.npy", rows)
+            np.save(work / "gt.npy", truth(ds.queries, rows))
+            del rows
+            spec = {"rows": str(work / "rows.npy"), "queries": str(work / "queries.npy"),
+                    "gt": str(work / "gt.npy"), "tmp": str(work)}
+            res = {e: run_worker({**spec, "engine": e}) for e in ("index", "hnswlib")}
+            ef95 = next((p["ef"] for p in res["index"]["curve"] if p["recall"] >= 0.95), EFS[-1])
+            res["collection"] = run_worker({**spec, "engine": "collection", "ef": ef95})
+            for e in ("index", "hnswlib"):
+                res[e]["qps_at_095"] = qps_at(res[e]["curve"])
+            results["sizes"][n] = res
+            print(json.dumps({"n": n, **{e: {k: v for k, v in r.items() if k != "curve"} for e, r in res.items()}},
+                             default=float), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_results(args.out, "scale", table(results), results)
+    return 0
+
+
+def table(results: dict) -> list[str]:
+    def f(x, spec="{:,.0f}"):
+        return "n/a" if x is None else spec.format(x)
+    lines = ["Rows made from WordNet (see benchmarks/bench_scale.py); 2 threads to build, 1 to search.", "",
+             "| rows | Index.add vs hnswlib | collection ingest vs Index.add | QPS@0.95 vs hnswlib | "
+             "upsert ms median / p99 / worst | final checkpoint s | reopen + 1st query s | "
+             "1 query via collection us median / p99 | peak RSS build (Index / hnswlib) GB | disk GB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, r in results["sizes"].items():
+        ix, hn, col = r["index"], r["hnswlib"], r["collection"]
+        q_ratio = ix["qps_at_095"] / hn["qps_at_095"] if ix["qps_at_095"] and hn["qps_at_095"] else None
+        u = col["upsert_ms"]
+        lines.append(
+            f"| {int(n):,} | {hn['build_s'] / ix['build_s']:.2f}x ({int(n) / ix['build_s']:,.0f} vec/s) | "
+            f"{ix['build_s'] / col['ingest_s']:.2f}x ({int(n) / col['ingest_s']:,.0f} vec/s) | "
+            f"{f(q_ratio, '{:.2f}x')} ({f(ix['qps_at_095'])} vs {f(hn['qps_at_095'])}) | "
+            f"{u['median']:.1f} / {u['p99']:.1f} / {u['max']:.0f} | {col['final_checkpoint_s']:.2f} | "
+            f"{col['reopen_first_query_s']:.2f} | {col['single_query_us']['median']:.0f} / "
+            f"{col['single_query_us']['p99']:.0f} | {ix['build_peak_rss_delta'] / 1e9:.2f} / "
+            f"{hn['build_peak_rss_delta'] / 1e9:.2f} | {col['disk_bytes'] / 1e9:.2f} |")
+    lines += ["", "Collection search at the ef where the Index reached 0.95, and the Index's calibrated default:", ""]
+    for n, r in results["sizes"].items():
+        a = r["collection"]["at_ef"]
+        d = r["index"]["default"]
+        lines.append(f"- {int(n):,} rows: collection ef={a['ef']} recall {a['recall']:.3f} at {a['qps']:,.0f} QPS; "
+                     f"Index default ef={d['ef']} recall {d['recall']:.3f} (calibration {r['index']['calibrate_s']:.1f} s); "
+                     f"{r['collection']['segments']} segment(s)")
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
