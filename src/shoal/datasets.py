@@ -57,6 +57,15 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def recall_per_query(found: np.ndarray, gt: np.ndarray, k: int = 10) -> np.ndarray:
+    """float64 (nq,): the fraction of each query's true top-k (``gt`` >= 0) among its first k
+    results; its mean is ``recall_at_k`` for truth without padding."""
+    found = np.asarray(found)[:, :k]
+    truth = np.asarray(gt)[:, :k]
+    hit = (truth[:, :, None] == found[:, None, :]).any(axis=2) & (truth >= 0)
+    return hit.sum(axis=1) / k
+
+
 def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
     """Mean fraction of each query's true top-k found in its first k results."""
     found = np.asarray(found)[:, :k]

@@ -37,7 +37,7 @@ from shoal.kernels.build import (
     unlinked_nodes,
     unreachable_nodes,
 )
-from shoal.datasets import recall_at_k
+from shoal.datasets import recall_per_query
 from shoal.exact import exact_top_k
 from shoal.kernels.distance import distances_to_rows
 from shoal.kernels.quantize import (
@@ -60,13 +60,20 @@ DEFAULT_EF = 40
 CALIBRATION_TARGET = 0.95
 #: ... measured on this many of the index's own rows, each searched with itself held out ...
 CALIBRATION_SAMPLE = 100
-#: ... for each of these beams (up to the first that reaches CALIBRATION_TOP recall).
+#: ... for each of these beams up to the first that reaches the target (larger ones when a
+#: search asks for more recall: ``search(recall=)``).
 CALIBRATION_EFS = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
-CALIBRATION_TOP = 0.99
 #: An index of at least CALIBRATION_MIN rows is calibrated again by the first search without
 #: ``ef`` (or ``save``) once it has grown by CALIBRATION_GROWTH since its last calibration.
 CALIBRATION_MIN = 1_000
 CALIBRATION_GROWTH = 1.25
+#: An index remembers the last QUERY_MEMORY queries it was asked; once it has seen
+#: CALIBRATION_SAMPLE of them, they replace its own rows as the calibration's queries (the
+#: next calibration comes at once if the last one used rows). Queries unlike the rows (a
+#: question against passages, a point between clusters of near-duplicates) need a wider beam
+#: than rows do: on a million rows made from WordNet, rows said ef=64 where the real queries
+#: got recall 0.899 at it.
+QUERY_MEMORY = 256
 #: A batch holds at most this fraction of the index being built (ParlayANN's default).
 BATCH_FRACTION = 0.02
 #: ... but at least this many nodes once the graph is large enough, for parallel work.
@@ -99,6 +106,14 @@ QUANTIZERS = ("sq8", None)
 _NO_FILTER = np.zeros(0, np.uint8)
 _NO_PEERS = np.zeros((0, 0), np.int32)
 _NO_SKIP = np.zeros(0, np.int32)
+
+
+def _recall_low(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean recall@k of a sample of queries less its standard error: what a calibration
+    compares with its target, so that picking the smallest beam whose noisy measurement
+    passes does not pick one that falls short on the queries not in the sample."""
+    per = recall_per_query(found, truth, k)
+    return float(per.mean() - (per.std(ddof=1) / np.sqrt(per.size) if per.size > 1 else 0.0))
 
 
 class GraphView(NamedTuple):
@@ -164,8 +179,13 @@ class Index:
             raise InvalidArgumentError(f"quantize must be one of {QUANTIZERS}, got {quantize!r}")
         self._quantize = quantize
         #: Calibration (see ``calibrate``): {"count", "k", "target", "efs", "recall",
-        #: "default_ef"}, or None.
+        #: "default_ef", "source"}, or None.
         self._calibration: dict[str, Any] | None = None
+        #: The last QUERY_MEMORY queries searched (a ring; rows are prepared queries) and how
+        #: many were searched in all.
+        self._recent = np.empty((0, self._dim), np.float32)
+        self._recent_seen = 0
+        self._cal_set = None  # the last calibration's (queries, truth, skip, source)
         self._code_lo = np.zeros(self._dim, np.float32)
         self._code_step = np.ones(self._dim, np.float32)
         self._rng = np.random.default_rng(self._seed)
@@ -631,6 +651,7 @@ class Index:
         one = np.ndim(queries) == 1
         q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
         g = self.view()
+        self._remember(q)
         if allowed is None:
             nodes, dists = self._search_nodes(g, q, k, ef, threads)
         else:
@@ -642,6 +663,27 @@ class Index:
         if one:
             return labels[0], dists[0]
         return labels, dists
+
+    def _remember(self, q: np.ndarray) -> None:
+        """Keep prepared queries ``q`` in the ring of recent queries (see QUERY_MEMORY).
+        Concurrent searches may overwrite each other's slots: a sample, not a log."""
+        if q.shape[0] == 0:
+            return
+        if self._recent.shape[0] == 0:
+            self._recent = np.empty((QUERY_MEMORY, self._dim), np.float32)
+        seen = self._recent_seen
+        if q.shape[0] == 1:
+            self._recent[seen % QUERY_MEMORY] = q[0]
+        else:
+            take = q[-QUERY_MEMORY:]
+            first = seen + q.shape[0] - take.shape[0]
+            self._recent[(first + np.arange(take.shape[0])) % QUERY_MEMORY] = take
+        self._recent_seen = seen + q.shape[0]
+
+    def recent_queries(self) -> np.ndarray:
+        """A copy of the queries this index remembers (the last ``QUERY_MEMORY`` searched,
+        in no particular order; prepared: unit length under cosine)."""
+        return self._recent[: min(self._recent_seen, self._recent.shape[0])].copy()
 
     def _resolve_ef(self, k: int, ef: object, recall: object) -> int:
         if recall is not None:
@@ -673,6 +715,7 @@ class Index:
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
         g = self.view() if view is None else view
         ef = self.ef_for(k, calibrate=False) if ef is None else max(ef, k)
+        self._remember(queries)
         if mask is None:
             nodes, dists = self._search_nodes(g, queries, k, ef, threads)
         else:
@@ -734,7 +777,9 @@ class Index:
     @property
     def calibration(self) -> dict[str, Any] | None:
         """The last calibration: ``count`` (rows then), ``k``, ``target``, ``efs`` and the
-        ``recall`` measured at each, ``default_ef``; None before the first."""
+        ``recall`` measured at each (the sample's mean recall@k less its standard error),
+        ``default_ef``, ``source`` of the queries ("rows", "queries" or "given") and
+        ``sample``; None before the first."""
         return None if self._calibration is None else dict(self._calibration)
 
     def ef_for(self, k: int, recall: float | None = None, *, calibrate: bool = True) -> int:
@@ -754,35 +799,55 @@ class Index:
                 base = DEFAULT_EF
             else:
                 reached = [e for e, r in zip(cal["efs"], cal["recall"]) if r >= recall]
+                if not reached and cal["efs"][-1] < CALIBRATION_EFS[-1]:
+                    cal = self._extend_calibration(recall)
+                    reached = [e for e, r in zip(cal["efs"], cal["recall"]) if r >= recall]
                 base = reached[0] if reached else cal["efs"][-1]
         return max(k, math.ceil(base * max(1.0, k / 10)))
 
     def calibrate(self, queries: Any = None, *, k: int = 10, target: float = CALIBRATION_TARGET,
-                  sample: int = CALIBRATION_SAMPLE, num_threads: int | None = None) -> dict[str, Any]:
+                  sample: int = CALIBRATION_SAMPLE, num_threads: int | None = None,
+                  observed: bool = True) -> dict[str, Any]:
         """Measure recall@k of ``search`` against exact search for a ladder of beams
         (``CALIBRATION_EFS``) and make the smallest beam that reaches ``target`` the default
         (``default_ef``; saved with the index). An index of 1,000 rows or more that has grown
         by a quarter since its last calibration is calibrated again by the first search that
         needs its default, and by ``save``.
 
-        Without ``queries``, ``sample`` of the index's own rows (drawn with the index's seed)
-        are the queries, each searched as if it were not in the index (its node is skipped
-        by the walk and it is left out of the exact answer), so that they stand for new
-        queries from the same data. With ``queries`` (held-out rows of the user's own), those
-        are used. Costs ``sample`` exact searches (one BLAS pass over the rows) and a few
-        hundred graph searches: about 0.5 s for 100,000 rows of 384 dimensions on 2 cores.
-        Held-out rows are easier than rows left out of their own neighbourhood, so the default
-        errs on the safe side (measured: default recall@10 0.96-0.98 on held-out queries).
+        The queries are, in this order: ``queries`` when given (a sample of the user's own);
+        else, with ``observed`` and once the index has been searched ``sample`` times, the
+        queries it remembers (``recent_queries``: the last ``QUERY_MEMORY``), which are what
+        its users ask; else ``sample`` of its own rows (drawn with the index's seed), each
+        searched as if it were not in the index (its node is skipped by the walk and left out
+        of the exact answer). Rows stand for new queries from the same data; they are easier
+        than queries of another kind (see ``QUERY_MEMORY``), hence the switch to observed
+        queries as soon as there are enough. ``calibration["source"]`` says which was used.
+        Costs one exact search per query (a BLAS pass over the rows) and a few hundred graph
+        searches: about 0.5 s for 100,000 rows of 384 dimensions on 2 cores.
         Returns the calibration (see ``calibration``).
         """
         threads = _validate.num_threads(num_threads, numba.config.NUMBA_NUM_THREADS)
         k = _validate.positive_int(k, "k")
         if not (isinstance(target, (int, float)) and 0 < target <= 1):
             raise InvalidArgumentError(f"target must be a recall in (0, 1], got {target!r}")
+        sample = _validate.positive_int(sample, "sample")
+        cal_set = self._calibration_set(queries, k, sample, observed)
+        efs, recalls = self._ladder(cal_set, k, float(target), threads)
+        reached = [e for e, r in zip(efs, recalls) if r >= target]
+        self._cal_set = cal_set
+        self._calibration = {"count": self._count, "k": k, "target": float(target), "efs": efs,
+                             "recall": recalls, "default_ef": reached[0] if reached else efs[-1],
+                             "source": cal_set[3], "sample": sample}
+        return dict(self._calibration)
+
+    def _calibration_set(self, queries: Any, k: int, sample: int, observed: bool):
+        """(queries, exact truth, skip or None, source) for ``calibrate``."""
         n = self._count
-        skip = None
+        recent = self.recent_queries() if queries is None and observed else None
+        if recent is not None and recent.shape[0] >= sample and n >= k:
+            truth, _ = exact_top_k(recent, self._vectors[:n], k, self._metric_code)
+            return recent, truth, None, "queries"
         if queries is None:
-            sample = _validate.positive_int(sample, "sample")
             pool = np.flatnonzero(self._levels[:n] == 0)
             if pool.size == 0 or n <= k + 1:
                 raise InvalidArgumentError(f"calibrate needs more than k + 1 = {k + 1} rows, the index has {n}")
@@ -791,30 +856,59 @@ class Index:
             q = np.ascontiguousarray(self._vectors[skip])
             pos, _ = exact_top_k(q, self._vectors[:n], k + 1, self._metric_code)
             truth = np.array([[p for p in row if p != s][:k] for row, s in zip(pos, skip)], np.int64)
-        else:
-            q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
-            if n < k or q.shape[0] == 0:
-                raise InvalidArgumentError(f"calibrate needs at least k = {k} rows in the index and one query")
-            truth, _ = exact_top_k(q, self._vectors[:n], k, self._metric_code)
-        efs, recalls = [], []
+            return q, truth, skip, "rows"
+        q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
+        if n < k or q.shape[0] == 0:
+            raise InvalidArgumentError(f"calibrate needs at least k = {k} rows in the index and one query")
+        truth, _ = exact_top_k(q, self._vectors[:n], k, self._metric_code)
+        return q, truth, None, "given"
+
+    def _ladder(self, cal_set, k: int, target: float, threads: int, start: int = 0):
+        """Recall@k of the calibration set at the beams of CALIBRATION_EFS from ``start`` up,
+        to the first reaching ``target`` (the larger beams cost most: they are measured only
+        when a search asks for that recall, see ``ef_for``). Returns (efs, recalls)."""
+        q, truth, skip, _ = cal_set
         g = self.view()
-        for ef in CALIBRATION_EFS:
-            if ef < k:
-                continue
+        efs, recalls = [], []
+        ladder = [e for e in CALIBRATION_EFS if e >= max(k, start)]
+        if not ladder and start == 0:  # k beyond the ladder: its own beam
+            ladder = [k]
+        for ef in ladder:
             found, _ = self._search_nodes(g, q, k, ef, threads, skip=skip)
             efs.append(ef)
-            recalls.append(round(recall_at_k(found, truth, k), 4))
-            if recalls[-1] >= CALIBRATION_TOP:
+            recalls.append(round(_recall_low(found, truth, k), 4))
+            if recalls[-1] >= target:
                 break
-        reached = [e for e, r in zip(efs, recalls) if r >= target]
-        self._calibration = {"count": n, "k": k, "target": float(target), "efs": efs,
-                             "recall": recalls, "default_ef": reached[0] if reached else efs[-1]}
-        return dict(self._calibration)
+        return efs, recalls
+
+    def _extend_calibration(self, recall: float) -> dict[str, Any]:
+        """Measure the last calibration's queries at larger beams, up to one reaching
+        ``recall`` (a search asked for more recall than measured so far)."""
+        cal = dict(self._calibration)
+        cal_set = self._cal_set
+        if cal_set is None:  # loaded from a file: the same kind of queries again
+            source = cal.get("source", "rows")
+            if source == "given":
+                return cal
+            cal_set = self._calibration_set(None, cal["k"], cal.get("sample", CALIBRATION_SAMPLE),
+                                            observed=source == "queries")
+            self._cal_set = cal_set
+        efs, recalls = self._ladder(cal_set, cal["k"], recall, numba.config.NUMBA_NUM_THREADS,
+                                    start=cal["efs"][-1] + 1)
+        cal["efs"] = cal["efs"] + efs
+        cal["recall"] = cal["recall"] + recalls
+        self._calibration = cal
+        return dict(cal)
 
     def calibrate_if_stale(self) -> None:
-        """Calibrate when the index has grown enough since the last time (see CALIBRATION_*)."""
+        """Calibrate when the index has grown enough since the last time, or when it last used
+        its own rows and has now been searched enough to use its queries (see CALIBRATION_*
+        and QUERY_MEMORY)."""
         cal = self._calibration
-        if self._count >= CALIBRATION_MIN and (cal is None or self._count >= CALIBRATION_GROWTH * cal["count"]):
+        if self._count < CALIBRATION_MIN:
+            return
+        if cal is None or self._count >= CALIBRATION_GROWTH * cal["count"] \
+                or (cal.get("source", "rows") == "rows" and self._recent_seen >= CALIBRATION_SAMPLE):
             self.calibrate()
 
     # ------------------------------------------------------------------ access

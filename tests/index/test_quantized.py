@@ -8,6 +8,7 @@ import pytest
 import shoal
 from shoal.datasets import recall_at_k
 from shoal.errors import CorruptIndexError, InvalidArgumentError
+from shoal.exact import exact_top_k
 from shoal.kernels.distance import IP, L2, distance
 from shoal.kernels.quantize import column_ranges, encode_sq8, prepare_query, sq8_params
 from shoal.storage import format as fmt
@@ -103,7 +104,8 @@ def test_codes_round_trip_and_memory_map(tmp_path, wordnet10k):
         loaded = shoal.Index.load(path, mmap=mmap)
         np.testing.assert_array_equal(loaded.view().codes[:3000], index.view().codes[:3000])
         assert loaded.calibration == index.calibration and loaded.default_ef == index.default_ef
-        for a, b in zip(index.search(wordnet10k.queries, 10), loaded.search(wordnet10k.queries, 10)):
+        ef = index.default_ef  # (a search with the default would make each learn its queries)
+        for a, b in zip(index.search(wordnet10k.queries, 10, ef=ef), loaded.search(wordnet10k.queries, 10, ef=ef)):
             np.testing.assert_array_equal(a, b)
         loaded.add(wordnet10k.base[3000:3500] * 3)  # wider range after a load: re-coded
         codes_agree(loaded)
@@ -140,16 +142,53 @@ def test_unquantized_index_has_no_codes_and_saves_without_them(tmp_path):
         shoal.Index(16, quantize="pq")
 
 
-def test_default_ef_is_calibrated_to_reach_095(built10k, wordnet10k):
-    found, _ = built10k.search(wordnet10k.queries, 10)  # no ef: the calibrated default
-    cal = built10k.calibration
+def test_default_ef_is_calibrated_to_reach_095(wordnet10k):
+    index = shoal.Index(384, seed=0)  # its own: a shared index learns its queries
+    index.add(wordnet10k.base)
+    found, _ = index.search(wordnet10k.queries, 10)  # no ef: the calibrated default
+    cal = index.calibration
     assert cal is not None and cal["count"] == 10_000 and cal["default_ef"] in cal["efs"]
+    assert cal["source"] == "rows" and cal["efs"][-1] == cal["default_ef"]  # measured up to it
     assert cal["recall"][cal["efs"].index(cal["default_ef"])] >= 0.95
     assert recall_at_k(found, wordnet10k.gt) >= 0.95
-    assert built10k.ef_for(10) == cal["default_ef"] and built10k.ef_for(50) == 5 * cal["default_ef"]
-    assert built10k.ef_for(10, recall=0.99) >= cal["default_ef"]
-    hi, _ = built10k.search(wordnet10k.queries, 10, recall=0.99)
+    # (calibrate=False: the queries just searched would make it calibrate again, on them)
+    assert index.ef_for(10, calibrate=False) == cal["default_ef"]
+    assert index.ef_for(50, calibrate=False) == 5 * cal["default_ef"]
+    assert index.ef_for(10, recall=0.99, calibrate=False) >= cal["default_ef"]
+    hi, _ = index.search(wordnet10k.queries, 10, recall=0.99)
     assert recall_at_k(hi, wordnet10k.gt) >= 0.98
+
+
+def test_default_learns_from_the_queries_it_is_asked(wordnet10k):
+    """Rows in clusters of near-duplicates (one text chunked five ways) are easy queries for
+    each other, so a default calibrated on rows is far too small for real questions; once the
+    index has been searched enough, the queries it was asked replace the rows."""
+    rng = np.random.default_rng(0)
+    rows = np.repeat(wordnet10k.base[:2000], 5, axis=0)
+    rows = rows + rng.normal(0, 0.1 / np.sqrt(384), rows.shape).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    traffic, held_out = wordnet10k.queries[0::2], wordnet10k.queries[1::2]
+    truth, _ = exact_top_k(held_out, rows, 10, IP)
+    index = shoal.Index(384)
+    index.add(rows)
+    by_rows = index.calibrate()
+    assert by_rows["source"] == "rows"
+    index.search(traffic[:60], 10, ef=16)
+    index.search(traffic[60], 10, ef=16)  # one 1-D query counts too
+    assert index.ef_for(10) == by_rows["default_ef"]  # 61 queries: not enough yet
+    index.search(traffic[61:], 10, ef=16)
+    assert len(index.recent_queries()) == min(len(traffic), shoal.index.QUERY_MEMORY)
+    np.testing.assert_allclose(index.recent_queries()[-1], traffic[-1] / np.linalg.norm(traffic[-1]), rtol=1e-6)
+    found, _ = index.search(held_out, 10)  # no ef: calibrated again, on the queries seen
+    cal = index.calibration
+    assert cal["source"] == "queries" and cal["default_ef"] > by_rows["default_ef"]
+    assert recall_at_k(found, truth) >= 0.93, cal
+    # the failure this guards: the rows' default on these questions
+    assert recall_at_k(index.search(held_out, 10, ef=by_rows["default_ef"])[0], truth) < 0.9
+    # an explicit calibration on rows stays until the index grows (observed=False)
+    assert index.calibrate(observed=False)["source"] == "rows"
+    index.search(held_out, 10, recall=0.99)  # beyond what was measured: measured now
+    assert index.calibration["efs"][-1] > by_rows["efs"][-1]
 
 
 def test_calibration_with_held_out_queries_and_bad_arguments(wordnet10k):
