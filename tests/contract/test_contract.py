@@ -186,6 +186,12 @@ class ModelMachine(RuleBasedStateMachine):
             key, v, p = next(iter(self.model.values()))
             hits = self.col.search(v, k=len(self.model), ef=200)
             assert len(hits) == len(self.model) and hits[0].distance <= 1e-5
+            for h in hits:  # each hit's distance is its own point's (l2)
+                stored = self.model[(type(h.id), h.id)][1]
+                assert abs(h.distance - float(((stored - v) ** 2).sum())) <= 1e-4
+            bare = self.col.search(v, k=len(self.model), ef=200, with_payload=False)
+            assert [(h.id, h.distance) for h in bare] == [(h.id, h.distance) for h in hits]
+            assert all(h.payload is None for h in bare)
             got = self.col.get([key])[0]
             np.testing.assert_array_equal(got["vector"], v)
             assert got["payload"] == p

@@ -570,8 +570,13 @@ class Collection:
         string keys and payloads from the payload store."""
         key_of, known = self._keys
         n = known.size
-        clipped = np.clip(top_u, 0, max(n - 1, 0))
+        # (np.minimum/np.maximum: np.clip costs 10-15 us on a 10-entry array)
+        clipped = np.maximum(np.minimum(top_u, n - 1), 0)
         is_int = (top_u >= 0) & (top_u < n) & (known[clipped] == 1) if n else np.zeros(top_u.shape, bool)
+        if not with_payload and not with_vector and is_int.all():  # integer ids only: no SQLite
+            keys = key_of[clipped].tolist()
+            return [[(key, d, None, None) for key, d in zip(ks, ds)]
+                    for ks, ds in zip(keys, top_d.tolist())]
         lookup = top_u[(top_u >= 0) & (~is_int | with_payload)]
         info = self._store.keys_of(np.unique(lookup), payloads=with_payload, as_text=payload_text,
                                    retired=True) if lookup.size else {}
