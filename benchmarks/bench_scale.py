@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from bench_core import write_results  # noqa: E402  (same directory)
-from shoal.bench import _reset_peak, _rss_now, _rss_peak, default_recall, median_time, qps_at  # noqa: E402
+from shoal.bench import default_recall, median_time, qps_at, reset_peak, rss_now, rss_peak  # noqa: E402
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
 EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256]
@@ -117,8 +117,8 @@ def worker(spec: dict) -> dict:
     gt = np.load(spec["gt"])
     n, dim = rows.shape
     out: dict = {"engine": spec["engine"], "n": n}
-    rss0 = _rss_now()
-    _reset_peak()
+    rss0 = rss_now()
+    reset_peak()
     if spec["engine"] == "hnswlib":
         import hnswlib
 
@@ -128,7 +128,7 @@ def worker(spec: dict) -> dict:
         t = time.perf_counter()
         ref.add_items(rows)
         out["build_s"] = time.perf_counter() - t
-        out["build_peak_rss_delta"] = _rss_peak() - rss0
+        out["build_peak_rss_delta"] = rss_peak() - rss0
         ref.set_num_threads(1)
 
         def search(q, ef):
@@ -145,7 +145,7 @@ def worker(spec: dict) -> dict:
         t = time.perf_counter()
         index.add(rows, num_threads=2)
         out["build_s"] = time.perf_counter() - t
-        out["build_peak_rss_delta"] = _rss_peak() - rss0
+        out["build_peak_rss_delta"] = rss_peak() - rss0
         out["index_bytes"] = index.stats()["memory_bytes"]
         out["curve"] = sweep(lambda q, ef: index.search(q, 10, ef=ef, num_threads=1)[0], queries, gt)
         out["default"], out["calibrate_s"], out["learned"] = default_recall(index, queries, gt, 2)
@@ -170,7 +170,7 @@ def worker(spec: dict) -> dict:
         t = time.perf_counter()
         col.checkpoint()
         out["final_checkpoint_s"] = time.perf_counter() - t
-        out["ingest_peak_rss_delta"] = _rss_peak() - rss0
+        out["ingest_peak_rss_delta"] = rss_peak() - rss0
         lat_ms = np.array(lat) * 1e3
         out["upsert_ms"] = {"median": float(np.median(lat_ms)), "p99": float(np.percentile(lat_ms, 99)),
                             "max": float(lat_ms.max()), "over_100ms": int((lat_ms > 100).sum())}

@@ -37,12 +37,14 @@ HIGH = 0.99
 
 
 # ----------------------------------------------------------------------------- worker side
-def _rss_now() -> int:
+def rss_now() -> int:
+    """This process's resident set size now, in bytes."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _rss_peak() -> int:
+def rss_peak() -> int:
+    """This process's peak resident set size (since start or ``reset_peak``), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -50,7 +52,8 @@ def _rss_peak() -> int:
     return 0
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
+    """Start ``rss_peak`` afresh from the current size (Linux; a no-op where refused)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -111,14 +114,14 @@ def worker(spec: dict) -> dict:
     base = np.ascontiguousarray(base)
     peers = spec.get("peers")
     _build(spec["engine"], base[:2000], spec["m"], spec["efc"], spec["threads"], peers)  # load code once
-    rss0 = _rss_now()
-    _reset_peak()
+    rss0 = rss_now()
+    reset_peak()
     t = time.perf_counter()
     search, info = _build(spec["engine"], base, spec["m"], spec["efc"], spec["threads"], peers)
     build_s = time.perf_counter() - t
     index = info.pop("index", None)
     out = {**spec, **info, "build_s": build_s, "vec_per_s": len(base) / build_s,
-           "build_peak_rss_delta": _rss_peak() - rss0, "curve": []}
+           "build_peak_rss_delta": rss_peak() - rss0, "curve": []}
     if spec.get("search", True):
         search(ds.queries[:10], 10, 16)
         for ef in spec.get("efs", EFS):
