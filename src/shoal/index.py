@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numba
@@ -831,44 +832,71 @@ class Index:
         if not (isinstance(target, (int, float)) and 0 < target <= 1):
             raise InvalidArgumentError(f"target must be a recall in (0, 1], got {target!r}")
         sample = _validate.positive_int(sample, "sample")
-        cal_set = self._calibration_set(queries, k, sample, observed)
-        efs, recalls = self._ladder(cal_set, k, float(target), threads)
-        reached = [e for e, r in zip(efs, recalls) if r >= target]
-        self._cal_set = cal_set
-        self._calibration = {"count": self._count, "k": k, "target": float(target), "efs": efs,
-                             "recall": recalls, "default_ef": reached[0] if reached else efs[-1],
-                             "source": cal_set[3], "sample": sample}
-        return dict(self._calibration)
+        state = self._calibration_state(observed)
+        return self._calibrate_state(state, queries, k, float(target), sample, threads)
 
-    def _calibration_set(self, queries: Any, k: int, sample: int, observed: bool):
-        """(queries, exact truth, skip or None, source) for ``calibrate``."""
-        n = self._count
-        recent = self.recent_queries() if queries is None and observed else None
-        if recent is not None and recent.shape[0] >= sample and n >= k:
-            truth, _ = exact_top_k(recent, self._vectors[:n], k, self._metric_code)
+    def _calibration_state(self, observed: bool = True):
+        """What a calibration reads, taken now: (view, levels, recent queries or None). Taken
+        on the thread that adds, a calibration can then run on any thread."""
+        return self.view(), self._levels, (self.recent_queries() if observed else None)
+
+    def _calibrate_state(self, state, queries: Any, k: int, target: float, sample: int,
+                         threads: int) -> dict[str, Any]:
+        cal_set = self._calibration_set(state, queries, k, sample)
+        efs, recalls = self._ladder(cal_set, k, target, threads, g=state[0])
+        reached = [e for e, r in zip(efs, recalls) if r >= target]
+        cal = {"count": state[0].count, "k": k, "target": target, "efs": efs, "recall": recalls,
+               "default_ef": reached[0] if reached else efs[-1], "source": cal_set[3],
+               "sample": sample}
+        current = self._calibration
+        if current is None or current["count"] <= cal["count"]:  # never over a newer one
+            self._cal_set = cal_set
+            self._calibration = cal
+        return dict(cal)
+
+    def calibration_task(self) -> Callable[[], Any] | None:
+        """When the default beam is due for calibration (``calibrate_if_stale``): a function
+        that calibrates the index as it stands now, for another thread to run while this one
+        goes on adding (collections: the writer never waits for it); its result is installed
+        when it ends, unless a newer calibration came first. None when not due. Call it on
+        the thread that adds."""
+        if not self._calibration_due():
+            return None
+        state = self._calibration_state()
+        return lambda: self._calibrate_state(state, None, 10, CALIBRATION_TARGET,
+                                             CALIBRATION_SAMPLE, 1)
+
+    def _calibration_set(self, state, queries: Any, k: int, sample: int):
+        """(queries, exact truth, skip or None, source) for ``calibrate`` over ``state``
+        (``_calibration_state``)."""
+        g, levels, recent = state
+        n = g.count
+        rows = g.vectors[:n]
+        if queries is None and recent is not None and recent.shape[0] >= sample and n >= k:
+            truth, _ = exact_top_k(recent, rows, k, self._metric_code)
             return recent, truth, None, "queries"
         if queries is None:
-            pool = np.flatnonzero(self._levels[:n] == 0)
+            pool = np.flatnonzero(levels[:n] == 0)
             if pool.size == 0 or n <= k + 1:
                 raise InvalidArgumentError(f"calibrate needs more than k + 1 = {k + 1} rows, the index has {n}")
             rng = np.random.default_rng([self._seed, n])
             skip = np.sort(rng.choice(pool, min(sample, pool.size), replace=False)).astype(np.int32)
-            q = np.ascontiguousarray(self._vectors[skip])
-            pos, _ = exact_top_k(q, self._vectors[:n], k + 1, self._metric_code)
+            q = np.ascontiguousarray(rows[skip])
+            pos, _ = exact_top_k(q, rows, k + 1, self._metric_code)
             truth = np.array([[p for p in row if p != s][:k] for row, s in zip(pos, skip)], np.int64)
             return q, truth, skip, "rows"
         q = _validate.vectors(queries, self._dim, "queries", normalize=self._metric == "cosine")
         if n < k or q.shape[0] == 0:
             raise InvalidArgumentError(f"calibrate needs at least k = {k} rows in the index and one query")
-        truth, _ = exact_top_k(q, self._vectors[:n], k, self._metric_code)
+        truth, _ = exact_top_k(q, rows, k, self._metric_code)
         return q, truth, None, "given"
 
-    def _ladder(self, cal_set, k: int, target: float, threads: int, start: int = 0):
+    def _ladder(self, cal_set, k: int, target: float, threads: int, start: int = 0, g=None):
         """Recall@k of the calibration set at the beams of CALIBRATION_EFS from ``start`` up,
         to the first reaching ``target`` (the larger beams cost most: they are measured only
         when a search asks for that recall, see ``ef_for``). Returns (efs, recalls)."""
         q, truth, skip, _ = cal_set
-        g = self.view()
+        g = self.view() if g is None else g
         efs, recalls = [], []
         ladder = [e for e in CALIBRATION_EFS if e >= max(k, start)]
         if not ladder and start == 0:  # k beyond the ladder: its own beam
@@ -890,8 +918,8 @@ class Index:
             source = cal.get("source", "rows")
             if source == "given":
                 return cal
-            cal_set = self._calibration_set(None, cal["k"], cal.get("sample", CALIBRATION_SAMPLE),
-                                            observed=source == "queries")
+            cal_set = self._calibration_set(self._calibration_state(source == "queries"), None,
+                                            cal["k"], cal.get("sample", CALIBRATION_SAMPLE))
             self._cal_set = cal_set
         efs, recalls = self._ladder(cal_set, cal["k"], recall, numba.config.NUMBA_NUM_THREADS,
                                     start=cal["efs"][-1] + 1)
@@ -904,12 +932,15 @@ class Index:
         """Calibrate when the index has grown enough since the last time, or when it last used
         its own rows and has now been searched enough to use its queries (see CALIBRATION_*
         and QUERY_MEMORY)."""
+        if self._calibration_due():
+            self.calibrate()
+
+    def _calibration_due(self) -> bool:
         cal = self._calibration
         if self._count < CALIBRATION_MIN:
-            return
-        if cal is None or self._count >= CALIBRATION_GROWTH * cal["count"] \
-                or (cal.get("source", "rows") == "rows" and self._recent_seen >= CALIBRATION_SAMPLE):
-            self.calibrate()
+            return False
+        return cal is None or self._count >= CALIBRATION_GROWTH * cal["count"] \
+            or (cal.get("source", "rows") == "rows" and self._recent_seen >= CALIBRATION_SAMPLE)
 
     # ------------------------------------------------------------------ access
     def get(self, ids: Any) -> np.ndarray:
@@ -960,12 +991,14 @@ class Index:
         }
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, calibrate: bool = True) -> None:
         """Write the index to ``path`` atomically (temp file, fsync, rename, fsync directory).
-        The format is described in ``shoal.storage.format``."""
+        The format is described in ``shoal.storage.format``. With ``calibrate`` an index due
+        for calibration is calibrated first (its file then carries the result)."""
         from shoal.storage.format import write_index
 
-        self.calibrate_if_stale()
+        if calibrate:
+            self.calibrate_if_stale()
         write_index(path, self._header(), self._sections())
 
     @classmethod

@@ -241,6 +241,41 @@ def test_graph_view_stays_valid_while_the_index_grows():
         np.testing.assert_allclose(dists, before[1], rtol=1e-5, atol=1e-6)
 
 
+def test_the_writer_does_not_wait_for_calibration(tmp_path, monkeypatch, wordnet10k):
+    """The active segment is calibrated on a thread of its own, over the segment as it stood
+    when it fell due; upserts go on meanwhile and the result is installed when it ends."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    seen = {}
+    real = shoal.Index.calibration_task
+
+    def held_task(self):
+        task = real(self)
+        if task is None:
+            return None
+
+        def run():
+            seen["thread"] = threading.current_thread()
+            started.set()
+            release.wait(5)  # (a writer that waited for it would sit here)
+            task()
+        return run
+
+    monkeypatch.setattr(shoal.Index, "calibration_task", held_task)
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=384)
+        col.upsert(list(range(2_000)), wordnet10k.base[:2_000])  # due: 1,000 rows and never calibrated
+        assert started.wait(30)
+        col.upsert(list(range(2_000, 3_000)), wordnet10k.base[2_000:3_000])
+        index = col._snap.segments[-1].index
+        assert seen["thread"] is not threading.current_thread()
+        assert index.calibration is None  # still held
+        release.set()
+        col._join_calibration()
+        assert index.calibration is not None and index.calibration["count"] == 2_000
+
+
 def test_default_search_is_calibrated_by_the_writer(tmp_path, wordnet10k):
     """A collection searched without ef uses each segment's calibrated beam: the writer
     calibrates as the active segment grows (readers never pay for it), and reopened files
@@ -252,6 +287,7 @@ def test_default_search_is_calibrated_by_the_writer(tmp_path, wordnet10k):
         for lo in range(0, 10_000, 2_000):
             col.upsert(list(range(lo, lo + 2_000)), wordnet10k.base[lo:lo + 2_000])
         index = col._snap.segments[-1].index
+        col._join_calibration()  # it runs beside the writer
         assert index.calibration is not None and index.calibration["count"] >= 8_000
         found = np.array([[h.id for h in hits] for hits in col.search(wordnet10k.queries, k=10, with_payload=False)])
         assert recall_at_k(found, wordnet10k.gt) >= 0.95

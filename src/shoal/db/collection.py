@@ -96,6 +96,7 @@ class Collection:
         self._sync = durability == "sync"
         self.policy = policy
         self._write_lock = threading.Lock()
+        self._calibrating: threading.Thread | None = None
         self._failed: BaseException | None = None
         self._purgeable: list[int] = []  # log positions up to which retired versions may go
         self._logged_rows = 0
@@ -326,9 +327,7 @@ class Collection:
             # is enough between checkpoints (tests/db: every row stays findable at once).
             self._active.add_trusted(x, None, uids, numba.config.NUMBA_NUM_THREADS,
                                      repair=self.metric == "ip")
-            # The writer keeps the default beam calibrated (readers never pay for it): about
-            # 0.5 s per 100,000 rows, each time the segment has grown by a quarter.
-            self._active.calibrate_if_stale()
+            self._calibrate_later()
             self._logged_rows += len(uids)
             view = self._active.view()
             if old is not None and old.live.shape[0] >= view.count:
@@ -344,6 +343,25 @@ class Collection:
             killed = np.sort(killed)
             segments = [seg.without(killed) for seg in segments]
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
+
+    def _calibrate_later(self) -> None:
+        """Keep the active segment's default beam calibrated (readers never pay for it): when
+        it is due (grown by a quarter, or searched enough to learn its queries), calibrate it on
+        a thread of its own over the segment as it stands, about 0.5 s per 100,000 rows, while
+        the writer goes on; one at a time."""
+        if self._calibrating is not None and self._calibrating.is_alive():
+            return
+        task = self._active.calibration_task()
+        if task is not None:
+            self._calibrating = threading.Thread(target=task, name=f"shoal-calibrate-{self.name}",
+                                                 daemon=True)
+            self._calibrating.start()
+
+    def _join_calibration(self) -> None:
+        """Wait for a calibration running in the background, if any."""
+        thread = self._calibrating
+        if thread is not None:
+            thread.join()
 
     def _maintain(self) -> None:
         """The automatic policies, after a write (writer lock held): purge retired versions no
@@ -374,7 +392,8 @@ class Collection:
             self._active.repair()
             name = f"seg-{self._next_segment:06d}.shoal"
             self._next_segment += 1
-            self._active.save(os.path.join(self.path, name))
+            # (with the last calibration that finished: the writer does not wait for one)
+            self._active.save(os.path.join(self.path, name), calibrate=False)
             old = segments.pop()
             if old.file is not None:
                 doomed.append(old.file)
@@ -454,6 +473,7 @@ class Collection:
         """Checkpoint (so that the next open replays nothing) and close the files. A failed
         collection closes without writing anything."""
         try:
+            self._join_calibration()  # its result goes into the file below
             if checkpoint and not self.read_only and self._failed is None:
                 with self._writing("close"):
                     if self._logged_rows or (self._active is not None and self._snap.segments[-1].file is None):
