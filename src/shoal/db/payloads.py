@@ -422,12 +422,15 @@ class PayloadStore:
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(uids, keys) int64 of every version (retired ones too) whose key is an integer."""
-        rows: list = []
+        uids, keys = [], []
         with self._read() as con:
             for table in self._tables(True):
-                rows += con.execute(f"SELECT uid, key FROM {table} WHERE typeof(key) = 'integer'").fetchall()
-        arr = np.array(rows, np.int64).reshape(-1, 2)
-        return arr[:, 0].copy(), arr[:, 1].copy()
+                # (one aggregate call sees the rows in one order: the two lists pair up)
+                u, k = con.execute(f"SELECT group_concat(uid), group_concat(key) FROM {table} "
+                                   "WHERE typeof(key) = 'integer'").fetchone()
+                uids.append(_int_list(u))
+                keys.append(_int_list(k))
+        return np.concatenate(uids), np.concatenate(keys)
 
     def uids_where(self, flt: dict | None = None, *, for_write: bool = False,
                    retired: bool = False) -> np.ndarray:
@@ -442,8 +445,9 @@ class PayloadStore:
             parts.append(f"SELECT uid FROM {table} WHERE {sql}")
             params += args
         with self._read(for_write) as con:  # one statement: one read snapshot of both tables
-            rows = con.execute(" UNION ALL ".join(parts) + " ORDER BY uid", params)
-            return np.fromiter((u for (u,) in rows), np.int64)
+            text = con.execute(f"SELECT group_concat(uid) FROM ({' UNION ALL '.join(parts)})",
+                               params).fetchone()[0]
+        return np.sort(_int_list(text))
 
     def count(self, flt: dict | None = None) -> int:
         """Number of current points (matching ``flt``)."""
@@ -452,6 +456,14 @@ class PayloadStore:
                 return con.execute("SELECT count(*) FROM points").fetchone()[0]
             sql, params = compile_filter(flt, indexed=self.indexed)
             return con.execute(f"SELECT count(*) FROM points WHERE {sql}", params).fetchone()[0]
+
+
+def _int_list(text: str | None) -> np.ndarray:
+    """int64 array of SQLite's ``group_concat`` of integers (None: no rows). One string
+    parsed by NumPy costs a third of fetching the rows one Python tuple at a time."""
+    if not text:
+        return np.zeros(0, np.int64)
+    return np.fromstring(text, dtype=np.int64, sep=",")
 
 
 class _Transaction:
