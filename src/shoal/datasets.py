@@ -58,8 +58,8 @@ def _lines(path: Path) -> list[str]:
 
 
 def recall_per_query(found: np.ndarray, gt: np.ndarray, k: int = 10) -> np.ndarray:
-    """float64 (nq,): the fraction of each query's true top-k (``gt`` >= 0) among its first k
-    results; its mean is ``recall_at_k`` for truth without padding."""
+    """float64 (nq,): the fraction of each query's true top-k (``gt`` >= 0; -1 pads) among its
+    first k results."""
     found = np.asarray(found)[:, :k]
     truth = np.asarray(gt)[:, :k]
     hit = (truth[:, :, None] == found[:, None, :]).any(axis=2) & (truth >= 0)
@@ -68,7 +68,4 @@ def recall_per_query(found: np.ndarray, gt: np.ndarray, k: int = 10) -> np.ndarr
 
 def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
     """Mean fraction of each query's true top-k found in its first k results."""
-    found = np.asarray(found)[:, :k]
-    truth = np.asarray(gt)[:, :k]
-    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth))
-    return hits / (k * len(truth))
+    return float(recall_per_query(found, gt, k).mean())
