@@ -77,9 +77,10 @@ class Client:
         return self.request("GET", "/collections")["collections"]
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
-                          ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> "RemoteCollection":
-        config = contract.prepare_create(name, dim, metric, m, ef_construction)
-        info = self.request("PUT", f"/collections/{name}", {k: config[k] for k in ("dim", "metric", "m", "ef_construction")})
+                          ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False) -> "RemoteCollection":
+        config = contract.prepare_create(name, dim, metric, m, ef_construction, on_disk)
+        info = self.request("PUT", f"/collections/{name}",
+                            {k: config[k] for k in ("dim", "metric", "m", "ef_construction", "on_disk")})
         return RemoteCollection(self, info)
 
     def get_collection(self, name: str) -> "RemoteCollection":
@@ -111,7 +112,7 @@ class RemoteCollection:
         self.name = info["name"]
         self.dim = int(info["dim"])
         self.metric = info["metric"]
-        self.config = {k: info[k] for k in ("name", "dim", "metric", "m", "ef_construction")}
+        self.config = {k: info[k] for k in ("name", "dim", "metric", "m", "ef_construction", "on_disk")}
         self._path = f"/collections/{self.name}"
 
     def _encoded(self, x: np.ndarray) -> dict[str, Any]:

@@ -14,6 +14,10 @@ State (``capacity`` rows allocated, ``count`` used; capacity grows geometrically
   graph on codes (a quarter of the bytes per step) and rank the beam they end with by the
   float32 rows, so the distances returned are exact.
 
+The float32 rows live in RAM, or (``vectors_file=``, or ``load(mmap=...)``) in a file mapped
+into memory: RAM then holds the codes and links (about a third of the bytes at 384-d), and
+the operating system pages rows in as searches rank their beams by them.
+
 Distances are returned in the metric's own convention: ``cosine`` -> ``1 - cos``, ``ip`` ->
 ``1 - <q, x>``, ``l2`` -> squared Euclidean distance. Smaller is closer for all three.
 """
@@ -51,6 +55,8 @@ from shoal.kernels.quantize import (
     sq8_params,
 )
 from shoal.kernels.search import labels_of, search_batch, search_serial
+from shoal.storage import files
+from shoal.storage.rows import RowFile, map_rows
 
 MAX_LEVEL = 31
 #: ef_construction when the caller gives none (see the class docstring).
@@ -163,13 +169,18 @@ class Index:
         number of threads.
     quantize : "sq8" or None
         ``"sq8"`` (default) also keeps each row as one byte per dimension (25% more memory)
-        and searches walk the graph on those codes, then rank what they found by the float32
-        rows: about 1.6x the queries per second at the same recall. ``None`` walks the
+        and searches walk the graph on those codes, then rank what they found by the
+        float32 rows: about 1.6x the queries per second at the same recall. ``None`` walks the
         float32 rows.
+    vectors_file : path, optional
+        Keep the float32 rows in this file (created or overwritten; raw rows, memory-mapped
+        and lengthened as rows are added) instead of RAM: RAM holds the codes and links, and
+        searches read rows from it only to rank their beams. For indexes larger than RAM.
     """
 
     def __init__(self, dim: int, metric: str = "cosine", *, m: int = 16,
-                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, seed: int = 0, quantize: str | None = "sq8") -> None:
+                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, seed: int = 0, quantize: str | None = "sq8",
+                 vectors_file: str | os.PathLike | None = None) -> None:
         self._dim = _validate.positive_int(dim, "dim")
         self._metric_code = _validate.metric_code(metric)
         self._metric = metric
@@ -204,6 +215,15 @@ class Index:
         self.keep_codes = False
         self._codes: np.ndarray | None = None
         self._code_params: tuple[np.ndarray, np.float32] | None = None
+        #: Where the float32 rows are mapped from (None: RAM); see ``vectors_file``.
+        self._vectors_file = None if vectors_file is None else os.path.abspath(os.fspath(vectors_file))
+        if self._vectors_file is not None and os.path.exists(self._vectors_file):
+            with open(self._vectors_file, "r+b") as f:  # its rows are this index's
+                files.truncate(f, 0)
+        #: Sections saved in row files of their own (``save(split=True)``): name -> RowFile,
+        #: and the code parameters the codes file was written with.
+        self._row_files: dict[str, RowFile] = {}
+        self._saved_code_lo: np.ndarray | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -275,7 +295,10 @@ class Index:
         cap = self._vectors.shape[0]
         if count > cap:
             new = max(count, 2 * cap, 64)
-            self._vectors = self._grown(self._vectors, new, None)
+            if self._vectors_file is not None:  # rows below count are in the file already
+                self._vectors = map_rows(self._vectors_file, np.float32, self._dim, new)
+            else:
+                self._vectors = self._grown(self._vectors, new, None)
             self._ids = self._grown(self._ids, new, 0)
             self._levels = self._grown(self._levels, new, 0)
             self._links0 = self._grown(self._links0, new, -1)
@@ -967,9 +990,11 @@ class Index:
         levels = self._levels[:n]
         per_level = np.bincount(levels, minlength=max(self._top_level + 1, 1)) if n else np.zeros(1, np.int64)
         nodes_at = np.cumsum(per_level[::-1])[::-1]
-        arrays = [self._vectors, self._ids, self._levels, self._links0, self._deg0,
+        mapped = isinstance(self._vectors, np.memmap)
+        arrays = [self._ids, self._levels, self._links0, self._deg0,
                   self._up_offset, self._links_up, self._deg_up, self._sorted_ids,
-                  self._sorted_nodes, self._sq_codes] + ([] if self._codes is None else [self._codes])
+                  self._sorted_nodes, self._sq_codes] + ([] if self._codes is None else [self._codes]) \
+            + ([] if mapped else [self._vectors])
         upper = self._deg_up[: self._pool_count]
         return {
             "count": n,
@@ -983,40 +1008,86 @@ class Index:
             "entry_point": int(self._entry),
             "mean_degree_level0": float(self._deg0[:n].mean()) if n else 0.0,
             "mean_degree_upper": float(upper.mean()) if upper.size else 0.0,
-            "memory_bytes": int(sum(a.nbytes for a in arrays)),
+            "memory_bytes": int(sum(a.nbytes for a in arrays)),  # (not the mapped vectors)
             "vector_bytes": int(self._vectors.nbytes),
+            "vectors_on_disk": mapped,
             "code_bytes": int(self._sq_codes.nbytes),
             "link_bytes": int(self._links0.nbytes + self._deg0.nbytes + self._links_up.nbytes
                               + self._deg_up.nbytes + self._up_offset.nbytes),
         }
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, *, calibrate: bool = True) -> None:
+    def save(self, path: str | os.PathLike, *, calibrate: bool = True, split: bool = False) -> None:
         """Write the index to ``path`` atomically (temp file, fsync, rename, fsync directory).
         The format is described in ``shoal.storage.format``. With ``calibrate`` an index due
-        for calibration is calibrated first (its file then carries the result)."""
+        for calibration is calibrated first (its file then carries the result).
+
+        With ``split`` the vectors and codes go to row files of their own beside ``path``
+        (``<name>.f32`` and ``<name>.u8``, or the ``vectors_file`` when it is there), which
+        later split saves to that directory only append to: saving again writes the links
+        and the rows added since, not every row (``external_files`` names them)."""
         from shoal.storage.format import write_index
 
         if calibrate:
             self.calibrate_if_stale()
-        write_index(path, self._header(), self._sections())
+        sections = self._sections()
+        external = self._append_rows(os.path.abspath(os.fspath(path)), sections) if split else None
+        write_index(path, self._header(), sections, external)
+
+    def _append_rows(self, path: str, sections: dict[str, np.ndarray]) -> dict[str, tuple[str, int]]:
+        """Append the rows the row files lack (a new codes file when the codes were coded
+        again since); (file name, CRC32) by section."""
+        directory, stem = os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+        kept = self._row_files
+        vectors = kept.get("vectors")
+        if vectors is None or os.path.dirname(vectors.path) != directory:
+            mapped = self._vectors_file is not None and os.path.dirname(self._vectors_file) == directory
+            vectors = RowFile(self._vectors_file if mapped else os.path.join(directory, stem + ".f32"))
+        vectors.append(sections["vectors"][vectors.rows:])
+        out = {"vectors": vectors}
+        if self._quantize:
+            codes = kept.get("codes")
+            if codes is None or os.path.dirname(codes.path) != directory \
+                    or self._saved_code_lo is not self._code_lo:
+                codes = RowFile(os.path.join(directory, stem + ".u8"))
+            codes.append(sections["codes"][codes.rows:])
+            self._saved_code_lo = self._code_lo
+            out["codes"] = codes
+        self._row_files = out
+        return {name: (f.name, f.crc) for name, f in out.items()}
+
+    def external_files(self) -> list[str]:
+        """Names of the row files the last split save or load used (see ``save``)."""
+        return [f.name for f in self._row_files.values()]
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = False, verify: bool | None = None) -> "Index":
+    def load(cls, path: str | os.PathLike, *, mmap: bool | str = False, verify: bool | None = None) -> "Index":
         """Read an index saved with ``save``.
 
         With ``mmap=True`` the vectors are memory-mapped, not read; their checksum is then
-        checked only with ``verify=True`` (every other section is always checked). A damaged,
-        truncated or foreign file raises ``CorruptIndexError``.
+        checked only with ``verify=True`` (every other section is always checked); rows added
+        later go to RAM. With ``mmap="r+"`` (an index saved with ``split``) rows added later go
+        to its vectors file too, past the rows its saves counted: an index that grows larger
+        than RAM. A damaged, truncated or foreign file raises ``CorruptIndexError``.
         """
         from shoal.storage.format import read_index
 
-        header, sections = read_index(path, mmap=mmap, verify=(not mmap) if verify is None else verify)
+        if mmap not in (False, True, "r+"):
+            raise InvalidArgumentError(f"mmap must be False, True or 'r+', got {mmap!r}")
+        header, sections = read_index(path, mmap=bool(mmap), verify=(not mmap) if verify is None else verify)
         for field in ("count", "pool_count", "entry", "top_level"):
             if not isinstance(header.get(field), int):
                 raise CorruptIndexError(f"{os.fspath(path)}: header field {field!r} is missing or not an integer")
         index = cls._from_parts(header, sections)
         index.check_integrity(where=os.fspath(path))
+        directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+        index._row_files = {name: RowFile(os.path.join(directory, entry["file"]), index._count, entry["crc32"])
+                            for name, entry in header["sections"].items() if "file" in entry}
+        index._saved_code_lo = index._code_lo
+        if mmap == "r+":
+            if "vectors" not in index._row_files:
+                raise InvalidArgumentError("mmap='r+' needs an index saved with split=True")
+            index._vectors_file = index._row_files["vectors"].path
         return index
 
     def check_integrity(self, *, reachable: bool = False, where: str = "index") -> None:

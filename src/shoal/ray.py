@@ -95,7 +95,8 @@ class _Shard:
             self.col = self.db.get_collection(name)
         else:
             self.col = self.db.create_collection(name, config["dim"], config["metric"], m=config["m"],
-                                                 ef_construction=config["ef_construction"])
+                                                 ef_construction=config["ef_construction"],
+                                                 on_disk=config.get("on_disk", False))
 
     def pid(self) -> int:
         return os.getpid()
@@ -151,13 +152,13 @@ def _meta_path(path: str, name: str) -> str:
 
 
 def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: int, path: str,
-                      m: int = 16, ef_construction: int = DEFAULT_EF_CONSTRUCTION, max_restarts: int = -1,
-                      num_cpus: float = 0, threads: int | None = None,
+                      m: int = 16, ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False,
+                      max_restarts: int = -1, num_cpus: float = 0, threads: int | None = None,
                       retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> "ShardedCollection":
     """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in
     ``shard-NNN``, on the disk of the node its actor runs on). ``threads``: numba threads per
-    shard (default: the node's cores)."""
-    config = {**contract.prepare_create(name, dim, metric, m, ef_construction),
+    shard (default: the node's cores). ``on_disk`` as ``shoal.Database.create_collection``."""
+    config = {**contract.prepare_create(name, dim, metric, m, ef_construction, on_disk),
               "shards": _validate.positive_int(shards, "shards")}
     meta = _meta_path(os.fspath(path), name)
     if os.path.exists(meta):

@@ -60,6 +60,7 @@ class CreateCollection(_Model):
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     m: int = Field(16, ge=2, le=LIMITS.max_m)
     ef_construction: int = Field(DEFAULT_EF_CONSTRUCTION, ge=1, le=LIMITS.max_ef_construction)
+    on_disk: bool = False
 
 
 class CollectionInfo(BaseModel):
@@ -68,6 +69,7 @@ class CollectionInfo(BaseModel):
     metric: str
     m: int
     ef_construction: int
+    on_disk: bool
     count: int
     rows: int
     deleted_rows: int
@@ -305,7 +307,7 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
     @app.put("/collections/{name}", response_model=CollectionInfo, dependencies=writer)
     def create_collection(name: Name, body: CreateCollection) -> Any:
         col = db.create_collection(check_name(name), body.dim, body.metric, m=body.m,
-                                   ef_construction=body.ef_construction)
+                                   ef_construction=body.ef_construction, on_disk=body.on_disk)
         return _info(col)
 
     @app.get("/collections/{name}", response_model=CollectionInfo, dependencies=reader)
@@ -414,7 +416,8 @@ def _vectors(body: Any, dim: int) -> np.ndarray:
 def _info(col: Any) -> dict[str, Any]:
     stats = col.stats()
     return {"name": col.name, "dim": col.dim, "metric": col.metric, "m": col.config["m"],
-            "ef_construction": col.config["ef_construction"], "count": stats["count"],
+            "ef_construction": col.config["ef_construction"], "on_disk": col.config.get("on_disk", False),
+            "count": stats["count"],
             "rows": stats["rows"], "deleted_rows": stats["deleted_rows"],
             "segments": stats["segments"], "log_records": stats["log_records"]}
 

@@ -67,9 +67,9 @@ def _call(method):
     return (lambda db: getattr(db.get_collection("c"), method)()), (lambda m: None)
 
 
-def _create(name):
+def _create(name, on_disk=False):
     def op(db):
-        db.create_collection(name, dim=DIM, metric="l2")
+        db.create_collection(name, dim=DIM, metric="l2", on_disk=on_disk)
 
     def model(m):
         m[name] = {}
@@ -100,6 +100,8 @@ WORKLOAD = [
     ("drop other", *_drop("d")),
     ("upsert after", *_upsert([7, 8, "s9"], "f")),
 ]
+#: The same, with "c" keeping its vectors on disk (memory-mapped row files).
+WORKLOAD_ON_DISK = [("create", *_create("c", on_disk=True)), *WORKLOAD[1:]]
 
 
 class FailNth:
@@ -119,7 +121,7 @@ class FailNth:
             raise OSError(self.err, os.strerror(self.err), path)
 
 
-def run(path, hook) -> tuple[dict, dict, str] | None:
+def run(path, hook, workload=WORKLOAD) -> tuple[dict, dict, str] | None:
     """Run the workload with ``hook``; on the first failure return (model before, model
     after, the failed step); None if nothing failed."""
     model: dict = {}
@@ -130,7 +132,7 @@ def run(path, hook) -> tuple[dict, dict, str] | None:
         files.set_hook(previous)
         return {}, {}, "open"
     try:
-        for name, op, update in WORKLOAD:
+        for name, op, update in workload:
             before = {c: dict(points) for c, points in model.items()}
             handle = db.get_collection("c") if "c" in model else None
             try:
@@ -159,10 +161,12 @@ def points_of(model: dict) -> dict:
     return {c: {k: (v, p) for k, (v, p) in pts.items()} for c, pts in model.items()}
 
 
-@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
-def test_an_io_error_at_every_point_loses_nothing_acknowledged(tmp_path, err):
+@pytest.mark.parametrize("err, workload", [(errno.EIO, WORKLOAD), (errno.ENOSPC, WORKLOAD),
+                                           (errno.EIO, WORKLOAD_ON_DISK)],
+                         ids=["EIO", "ENOSPC", "EIO-on-disk"])
+def test_an_io_error_at_every_point_loses_nothing_acknowledged(tmp_path, err, workload):
     counter = FailNth(None)
-    assert run(tmp_path / "count", counter) is None
+    assert run(tmp_path / "count", counter, workload) is None
     total = counter.seen
     assert total > 100  # the workload reaches logs, segments, manifests, SQLite and directories
     ops = counter.ops
@@ -175,7 +179,7 @@ def test_an_io_error_at_every_point_loses_nothing_acknowledged(tmp_path, err):
     for n in range(1, total + 1):
         path = tmp_path / f"n{n}"
         hook = FailNth(n, err)
-        failed = run(path, hook)
+        failed = run(path, hook, workload)
         assert failed is not None, f"operation {n} ({hook.fired}) failed but no call raised StorageError"
         before, after, step = failed
         with shoal.open(path, policy=POLICY) as db:  # reopening always succeeds

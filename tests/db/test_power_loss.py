@@ -22,11 +22,11 @@ from tests.db.checks import state
 
 # A crash mid-write leaves a torn log tail, which opening cuts with a warning: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::shoal.storage.wal.WalTruncatedWarning")
-from tests.db.test_faults import POLICY, WORKLOAD
+from tests.db.test_faults import POLICY, WORKLOAD, WORKLOAD_ON_DISK
 from tests.harness.powerloss import Recorder
 
 
-def record(tmp_path, ignore=None, durability="sync") -> tuple[Recorder, list[dict]]:
+def record(tmp_path, ignore=None, durability="sync", workload=WORKLOAD) -> tuple[Recorder, list[dict]]:
     """Run the workload under a recorder; models[k] is the state after k operations. With
     ``durability="sync"`` each operation is acknowledged when it returns; with ``"batch"``
     only at the ``flush()`` after every third operation (and at close)."""
@@ -37,7 +37,7 @@ def record(tmp_path, ignore=None, durability="sync") -> tuple[Recorder, list[dic
     previous = files.set_hook(rec)
     try:
         db = shoal.open(root, policy=POLICY, durability=durability)
-        for i, (_, op, update) in enumerate(WORKLOAD):
+        for i, (_, op, update) in enumerate(workload):
             op(db)
             if durability == "sync":
                 rec.ack(i + 1)
@@ -48,7 +48,7 @@ def record(tmp_path, ignore=None, durability="sync") -> tuple[Recorder, list[dic
             update(model)
             models.append(model)
         db.close()
-        rec.ack(len(WORKLOAD))
+        rec.ack(len(workload))
         rec.finish()
     finally:
         files.set_hook(previous)
@@ -77,8 +77,9 @@ def check(rec: Recorder, models: list[dict], stop_at_first: bool = False, batch:
     return problems
 
 
-def test_every_power_loss_state_opens_with_every_acknowledged_write(tmp_path):
-    rec, models = record(tmp_path)
+@pytest.mark.parametrize("workload", [WORKLOAD, WORKLOAD_ON_DISK], ids=["in-ram", "on-disk"])
+def test_every_power_loss_state_opens_with_every_acknowledged_write(tmp_path, workload):
+    rec, models = record(tmp_path, workload=workload)
     problems = check(rec, models)
     print(f"{len(rec.crash_points)} crash states checked ({len(rec.crash_points) // 4} crash points x 4 variants)")
     assert len(rec.crash_points) > 400
@@ -98,7 +99,10 @@ def test_batch_durability_keeps_everything_before_the_last_flush(tmp_path):
 FSYNCS = {
     "log record": lambda op, path, info: op == "fsync" and path.endswith("wal.log"),
     "new log file": lambda op, path, info: op == "fsync" and ".wal.log." in path,
-    "segment file": lambda op, path, info: op == "fsync" and "seg-" in os.path.basename(path),
+    "segment file": lambda op, path, info: op == "fsync" and "seg-" in os.path.basename(path)
+    and path.endswith(".tmp"),
+    "vectors row file": lambda op, path, info: op == "fsync" and path.endswith(".f32"),
+    "codes row file": lambda op, path, info: op == "fsync" and path.endswith(".u8"),
     "manifest file": lambda op, path, info: op == "fsync" and "manifest.json" in path,
     "config file": lambda op, path, info: op == "fsync" and "config.json" in path,
     "collection directory": lambda op, path, info: op == "fsync_dir" and os.path.basename(os.path.dirname(path)) == "collections",

@@ -104,11 +104,13 @@ class Recorder:
         elif op == "write":
             f = self._file(path)
             off, data = info["offset"], info["data"]
+            if len(f.data) < off:
+                _resize(f.data, off)
             f.data[off:off + len(data)] = data
             f.pending.append(("w", off, data))
         elif op == "truncate":
             f = self._file(path)
-            del f.data[info["size"]:]
+            _resize(f.data, info["size"])
             f.pending.append(("t", info["size"]))
         elif op == "fsync":
             if not self.ignore(op, path, info):
@@ -206,7 +208,7 @@ class Recorder:
         for i, p in enumerate(f.pending):
             last = i == len(f.pending) - 1
             if p[0] == "t":
-                del data[p[1]:]
+                _resize(data, p[1])
             else:
                 _, off, chunk = p
                 chunk = chunk[: len(chunk) // 2] if last else chunk
@@ -214,3 +216,11 @@ class Recorder:
                     data.extend(b"\0" * (off - len(data)))
                 data[off:off + len(chunk)] = chunk
         return bytes(data)
+
+
+def _resize(data: bytearray, size: int) -> None:
+    """Truncate or lengthen ``data`` to ``size`` bytes (zeros past its end), as ftruncate."""
+    if size < len(data):
+        del data[size:]
+    else:
+        data.extend(b"\0" * (size - len(data)))

@@ -124,10 +124,10 @@ def test_format_1_files_load_with_codes_computed(tmp_path, monkeypatch, wordnet1
     codes_agree(old)
     for a, b in zip(index.search(wordnet10k.queries, 10, ef=40), old.search(wordnet10k.queries, 10, ef=40)):
         np.testing.assert_array_equal(a, b)
-    monkeypatch.setattr(fmt, "VERSION", 3)
+    monkeypatch.setattr(fmt, "VERSION", 4)
     fmt.write_index(tmp_path / "new.shoal", index._header(), index._sections())
     monkeypatch.undo()
-    with pytest.raises(CorruptIndexError, match="format version 3 is not supported"):
+    with pytest.raises(CorruptIndexError, match="format version 4 is not supported"):
         shoal.Index.load(tmp_path / "new.shoal")
 
 

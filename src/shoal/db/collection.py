@@ -2,13 +2,16 @@
 
 On disk, a collection is a directory (``shoal.db.manifest``)::
 
-    config.json       name, dim, metric, m, ef_construction
+    config.json       name, dim, metric, m, ef_construction, on_disk
     manifest.json     the segment files, which of them is active, the log position they
                       cover, the next row id and segment number
     wal.log           write-ahead log of upserts and deletes since that position
                       (``shoal.storage.wal``; records in ``shoal.db.records``)
     payloads.sqlite   keys, row ids and payloads (``shoal.db.payloads``)
-    seg-NNNNNN.shoal  segments: ``shoal.Index`` files whose ids are row ids
+    seg-NNNNNN.shoal  segments: ``shoal.Index`` files whose ids are row ids; their links,
+                      with the vectors and codes in row files they name:
+    seg-NNNNNN.f32    a segment's float32 rows, appended at checkpoints, never rewritten
+    seg-NNNNNN.u8     its search codes, the same (a new file when the codes' range widens)
 
 Words: a point's *id* is the user's (an int or a string); each version of a point has a
 *row id* (``uid``, never reused); a segment's graph numbers its rows as *nodes*.
@@ -17,9 +20,14 @@ A write is appended to the log and fsynced before it is applied and before the c
 (``durability="batch"`` leaves the fsync to ``flush()``/``close()``); then the payload store
 commits it, then the graph publishes it: new rows and the tombstones of the versions they
 replace in one snapshot (``shoal.db.snapshot``), so a search sees every point exactly once.
-A checkpoint saves the active segment (temp, fsync, rename), makes the payload store durable,
-replaces the manifest and starts the log afresh; when it runs, and when segments are sealed or
+A checkpoint appends the active segment's new rows to its row files (fsync), writes its
+links and header to a new segment file (temp, fsync, rename), makes the payload store
+durable, replaces the manifest and starts the log afresh: its cost follows the rows added and
+the links, not the rows already saved. When it runs, and when segments are sealed or
 compacted, is a ``Policy``'s decision (``shoal.db.policy``).
+
+With ``on_disk`` (chosen when the collection is created) the float32 rows stay in their row
+files, memory-mapped, and RAM holds the codes and links: a collection larger than RAM.
 
 An I/O error while writing (from the log, a segment file, the manifest or SQLite) leaves the
 failed operation all or nothing: the collection raises ``StorageError`` and refuses further
@@ -108,6 +116,7 @@ class Collection:
         self.name = config["name"]
         self.dim = int(config["dim"])
         self.metric = config["metric"]
+        self.on_disk = bool(config.get("on_disk", False))
         self._index_metric = "ip" if self.metric == "cosine" else self.metric
         self._store = PayloadStore(os.path.join(path, "payloads.sqlite"), read_only=read_only)
         try:
@@ -139,8 +148,12 @@ class Collection:
                 self._wal.close(sync=False)
                 files.unlink(wal_path)
                 self._wal = WriteAheadLog(wal_path, first_seq=checkpoint + 1)
-            segments = self._load_segments(manifest)
-            self._remove_orphans({s.file for s in segments})
+            try:
+                segments = self._load_segments(manifest)
+            except FileNotFoundError as exc:
+                raise CorruptIndexError(f"{self.path}: a file the manifest names is missing "
+                                        f"({exc.filename})") from None
+            self._remove_orphans({f for s in segments for f in s.files()})
             self._start(manifest, segments, through=None)
         except BaseException:
             self._wal.close(sync=False)
@@ -174,7 +187,10 @@ class Collection:
     def _load_segments(self, manifest: dict) -> list[Segment]:
         segments = []
         for name in manifest["segments"]:
-            index = Index.load(os.path.join(self.path, name))
+            # On disk, the writer's active segment maps its vectors file writable: it grows.
+            grows = not self.read_only and name == manifest.get("active")
+            mmap = ("r+" if grows else True) if self.on_disk else False
+            index = Index.load(os.path.join(self.path, name), mmap=mmap)
             index.calibrate_if_stale()  # files from before calibration (or grown since): once
             segments.append(Segment.of(name, index))
         if manifest.get("active") is not None and (not segments or segments[-1].file != manifest["active"]):
@@ -227,8 +243,13 @@ class Collection:
             self._store.purge(2**62)  # no snapshot of this process shows a retired version
 
     def _new_index(self) -> Index:
+        seed, vectors_file = self._next_uid, None  # (on disk as in RAM: the same graph)
+        if self.on_disk:
+            vectors_file = os.path.join(self.path, f"seg-{self._next_segment:06d}.f32")
+            self._next_segment += 1
         index = Index(self.dim, self._index_metric, m=self.config["m"],
-                      ef_construction=self.config["ef_construction"], seed=self._next_segment)
+                      ef_construction=self.config["ef_construction"], seed=seed,
+                      vectors_file=vectors_file)
         index.keep_codes = True  # it grows by many small batches: keep its construction codes
         return index
 
@@ -383,20 +404,21 @@ class Collection:
             self._store.purge(through)
 
     def _checkpoint_locked(self, seal: bool = False, obsolete: tuple[str, ...] = ()) -> None:
-        """Save the active segment if it changed, make the payload store durable, replace the
-        manifest, restart the log, then remove files no longer named. With ``seal`` the active
-        segment stays as it is and the next write starts a new one."""
+        """Save the active segment if it changed (its new rows appended to its row files, its
+        links to a new segment file), make the payload store durable, replace the manifest,
+        restart the log, then remove files no longer named. With ``seal`` the active segment
+        stays as it is and the next write starts a new one."""
         segments = list(self._snap.segments)
         doomed = list(obsolete)
         if self._active is not None and (segments[-1].file is None or self._logged_rows):
             self._active.repair()
             name = f"seg-{self._next_segment:06d}.shoal"
             self._next_segment += 1
-            # (with the last calibration that finished: the writer does not wait for one)
-            self._active.save(os.path.join(self.path, name), calibrate=False)
             old = segments.pop()
-            if old.file is not None:
-                doomed.append(old.file)
+            before = old.files()
+            # (with the last calibration that finished: the writer does not wait for one)
+            self._active.save(os.path.join(self.path, name), calibrate=False, split=True)
+            doomed += sorted(set(before) - set(self._active.external_files()))
             # the repair may have written links: take a fresh view
             segments.append(replace(old, file=name, view=self._active.view()))
         seq = self._wal.last_seq
@@ -450,7 +472,7 @@ class Collection:
             index.calibrate_if_stale()
             self._active = index
             new = (Segment.of(None, index),)
-        obsolete = tuple(s.file for s in snap.segments if s.file is not None)
+        obsolete = tuple(f for s in snap.segments for f in s.files())
         # Versions retired so far can be purged once no snapshot from before this is in use.
         through, purgeable = self._wal.last_seq, self._purgeable
         epoch = snap.epoch.close(lambda: purgeable.append(through))

@@ -82,13 +82,17 @@ def prepare_name(name: object) -> str:
     return name
 
 
-def prepare_create(name: object, dim: object, metric: object, m: object, ef_construction: object) -> dict:
+def prepare_create(name: object, dim: object, metric: object, m: object, ef_construction: object,
+                   on_disk: object = False) -> dict:
     """The configuration of a new collection, checked."""
+    if not isinstance(on_disk, (bool, np.bool_)):
+        raise InvalidTypeError(f"on_disk must be True or False, got {on_disk!r}")
     config = {"name": prepare_name(name),
               "dim": _validate.positive_int(dim, "dim"),
               "metric": metric,
               "m": _validate.positive_int(m, "m", minimum=2),
-              "ef_construction": _validate.positive_int(ef_construction, "ef_construction")}
+              "ef_construction": _validate.positive_int(ef_construction, "ef_construction"),
+              "on_disk": bool(on_disk)}
     _validate.metric_code(metric)
     for field, most in (("dim", LIMITS.max_dim), ("m", LIMITS.max_m),
                         ("ef_construction", LIMITS.max_ef_construction)):

@@ -61,6 +61,11 @@ class Segment:
         """Row ids by node (ascending)."""
         return self.view.ids[: self.view.count]
 
+    def files(self) -> list[str]:
+        """The files holding this segment as of the last checkpoint: its segment file and
+        the row files it names (none if it was never saved)."""
+        return [] if self.file is None else [self.file, *self.index.external_files()]
+
     def live_nodes(self) -> np.ndarray:
         return np.flatnonzero(self.live[: self.view.count])
 

@@ -1,4 +1,4 @@
-"""The ``.shoal`` index file, format version 2 (version 1 files are read too).
+"""The ``.shoal`` index file, format versions 2 and 3 (version 1 files are read too).
 
 Layout (all integers little-endian)::
 
@@ -30,6 +30,12 @@ and ``sections``: a list of ``{name, dtype, shape, offset, nbytes, crc32}``. Sec
 A version 1 file has neither ``quantize`` nor the code sections: its codes are computed when
 it is loaded.
 
+Version 3 (written only when it is needed) lets a section live in a file of its own beside
+the index file: its table entry names the ``file`` (in the same directory) instead of an
+``offset``, and the section is that file's first ``nbytes`` bytes, checked by its CRC32 as
+any other. Collections keep their vectors and codes so (``shoal.storage.rows``): those files
+only grow, and a checkpoint rewrites the links and this header, not the rows.
+
 A file is written to a temporary name beside the target, fsynced, renamed over the target, and
 the directory fsynced. A reader checks the magic, version, header CRC, that every section lies
 inside the file, each section's CRC32, and the graph's invariants (so that a damaged file can
@@ -51,7 +57,8 @@ from shoal.storage import files
 
 MAGIC = b"SHOALIDX"
 VERSION = 2
-READS = (1, 2)
+EXTERNAL_VERSION = 3  # a file with external sections
+READS = (1, 2, 3)
 ALIGN = 64
 _PREFIX = struct.Struct("<8sIII")
 
@@ -86,32 +93,47 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def write_index(path: str | os.PathLike, header: dict[str, Any], sections: dict[str, np.ndarray]) -> None:
+def write_index(path: str | os.PathLike, header: dict[str, Any], sections: dict[str, np.ndarray],
+                external: dict[str, tuple[str, int]] | None = None) -> None:
     """Write ``sections`` (named as in SECTIONS, and CODE_SECTIONS when the header has
-    ``quantize``) and ``header`` to ``path`` atomically."""
+    ``quantize``) and ``header`` to ``path`` atomically. ``external`` maps section names to
+    (file name beside ``path``, CRC32) of sections already written there (their arrays in
+    ``sections`` give only the shape)."""
     path = os.fspath(path)
     kinds = _kinds(header)
-    arrays = {name: np.ascontiguousarray(sections[name], dtype=kinds[name][0]) for name in kinds}
-    table = [{"name": name, "dtype": kinds[name][0], "shape": list(arr.shape),
-              "offset": 0, "nbytes": int(arr.nbytes), "crc32": _crc(arr)}
-             for name, arr in arrays.items()]
+    external = external or {}
+    table = []
+    arrays = {}
+    for name, (dtype, _) in kinds.items():
+        shape = list(np.shape(sections[name]))
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if name in external:
+            file, crc = external[name]
+            table.append({"name": name, "dtype": dtype, "shape": shape, "file": file,
+                          "nbytes": nbytes, "crc32": int(crc)})
+        else:
+            arrays[name] = np.ascontiguousarray(sections[name], dtype=dtype)
+            table.append({"name": name, "dtype": dtype, "shape": shape, "offset": 0,
+                          "nbytes": nbytes, "crc32": _crc(arrays[name])})
+    inline = [entry for entry in table if "file" not in entry]
+    version = EXTERNAL_VERSION if external else VERSION
     # Offsets depend on the header's length, which depends on the offsets' digits: iterate.
     size = 0
     while True:
         offset = _align(_PREFIX.size + size)
-        for entry in table:
+        for entry in inline:
             entry["offset"] = offset
             offset = _align(offset + entry["nbytes"])
-        blob = json.dumps({**header, "format_version": VERSION, "sections": table},
+        blob = json.dumps({**header, "format_version": version, "sections": table},
                           sort_keys=True).encode()
         if len(blob) == size:
             break
         size = len(blob)
     def chunks():
-        yield _PREFIX.pack(MAGIC, VERSION, len(blob), zlib.crc32(blob) & 0xFFFFFFFF)
+        yield _PREFIX.pack(MAGIC, version, len(blob), zlib.crc32(blob) & 0xFFFFFFFF)
         yield blob
         at = _PREFIX.size + len(blob)
-        for entry, arr in zip(table, arrays.values()):
+        for entry, arr in zip(inline, arrays.values()):
             yield b"\0" * (entry["offset"] - at)
             yield _bytes(arr)
             at = entry["offset"] + entry["nbytes"]
@@ -167,10 +189,10 @@ def read_index(path: str | os.PathLike, *, mmap: bool = False,
 
     With ``mmap`` the vectors are a read-only memory map; ``verify`` checks their CRC too.
     Raises ``CorruptIndexError`` for any damage to the file, ``FileNotFoundError`` for a
-    missing file; the graph's own invariants are ``Index.check_integrity``'s to check.
+    missing file (or a missing external section's file); the graph's own invariants are
+    ``Index.check_integrity``'s to check.
     """
     path = os.fspath(path)
-    file_size = os.path.getsize(path)
     sections: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         header = _parse_header(path, f)
@@ -178,25 +200,45 @@ def read_index(path: str | os.PathLike, *, mmap: bool = False,
             entry = header["sections"].get(name)
             shape = shape_of(header)
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            external = isinstance(entry, dict) and header["format_version"] >= EXTERNAL_VERSION \
+                and isinstance(entry.get("file"), str)
             if entry is None or entry.get("dtype") != dtype or list(entry.get("shape", ())) != list(shape) \
-                    or entry.get("nbytes") != nbytes or not isinstance(entry.get("offset"), int) \
-                    or entry["offset"] < 0:
+                    or entry.get("nbytes") != nbytes or not (external or (
+                        isinstance(entry.get("offset"), int) and entry["offset"] >= 0)) \
+                    or (external and os.path.basename(entry["file"]) != entry["file"]):
                 raise CorruptIndexError(f"{path}: section {name!r} is missing or malformed")
-            if entry["offset"] + nbytes > file_size:
-                raise CorruptIndexError(
-                    f"{path}: truncated: section {name!r} needs bytes up to "
-                    f"{entry['offset'] + nbytes}, the file has {file_size}")
-            if mmap and name == "vectors" and nbytes:
-                arr = np.memmap(path, dtype=dtype, mode="r", offset=entry["offset"], shape=shape)
+            if external:
+                where = os.path.join(os.path.dirname(path), entry["file"])
+                arr = _read_section(where, 0, name, dtype, shape, nbytes, mmap)
             else:
-                # Read straight into a NumPy array: no second copy, and NumPy asks the kernel
-                # for huge pages for large arrays (a search over a loaded index misses the TLB
-                # less: up to 1.3x QPS measured on WordNet, vs a bytes-backed array).
-                f.seek(entry["offset"])
-                arr = np.empty(shape, dtype)
-                if nbytes and f.readinto(memoryview(arr).cast("B")) != nbytes:
-                    raise CorruptIndexError(f"{path}: truncated: section {name!r} is short")
+                arr = _read_section(path, entry["offset"], name, dtype, shape, nbytes, mmap, f)
             if (verify or not (mmap and name == "vectors")) and _crc(arr) != entry.get("crc32"):
                 raise CorruptIndexError(f"{path}: section {name!r} is damaged (CRC32 mismatch)")
             sections[name] = arr.astype(np.dtype(dtype).newbyteorder("="), copy=False)
     return header, sections
+
+
+def _read_section(path: str, offset: int, name: str, dtype: str, shape: tuple, nbytes: int,
+                  mmap: bool, f=None) -> np.ndarray:
+    """Bytes ``offset .. offset+nbytes`` of ``path`` (open as ``f``, if given) as an array:
+    memory-mapped for the vectors with ``mmap``, else read."""
+    file_size = os.path.getsize(path)
+    if offset + nbytes > file_size:
+        raise CorruptIndexError(f"{path}: truncated: section {name!r} needs bytes up to "
+                                f"{offset + nbytes}, the file has {file_size}")
+    if mmap and name == "vectors" and nbytes:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    # Read straight into a NumPy array: no second copy, and NumPy asks the kernel for huge
+    # pages for large arrays (a search over a loaded index misses the TLB less: up to 1.3x
+    # QPS measured on WordNet, vs a bytes-backed array).
+    arr = np.empty(shape, dtype)
+    own = f is None
+    f = open(path, "rb") if own else f
+    try:
+        f.seek(offset)
+        if nbytes and f.readinto(memoryview(arr).cast("B")) != nbytes:
+            raise CorruptIndexError(f"{path}: truncated: section {name!r} is short")
+    finally:
+        if own:
+            f.close()
+    return arr
