@@ -24,6 +24,7 @@ Distances are returned in the metric's own convention: ``cosine`` -> ``1 - cos``
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
 import os
 from collections.abc import Callable
@@ -1026,13 +1027,31 @@ class Index:
         (``<name>.f32`` and ``<name>.u8``, or the ``vectors_file`` when it is there), which
         later split saves to that directory only append to: saving again writes the links
         and the rows added since, not every row (``external_files`` names them)."""
-        from shoal.storage.format import write_index
-
         if calibrate:
             self.calibrate_if_stale()
+        self.write_state(path, self.saved_state(copy=False), split=split)
+
+    def saved_state(self, *, copy: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What ``save`` writes, as of now: (header, sections). With ``copy`` the arrays that
+        later adds rewrite in place (links and degrees) are copied, so that another thread can
+        write the state (``write_state``) while this index goes on growing: rows, ids, levels
+        and codes below ``count`` never change (new codes go to a new array)."""
         sections = self._sections()
+        if copy:
+            for name in ("links0", "deg0", "links_up", "deg_up"):
+                sections[name] = sections[name].copy()
+        header = self._header()
+        header["calibration"] = copy_module.deepcopy(header["calibration"])
+        return header, sections
+
+    def write_state(self, path: str | os.PathLike, state: tuple[dict[str, Any], dict[str, np.ndarray]],
+                    *, split: bool = False) -> None:
+        """Write a ``saved_state`` as ``save`` does (one write at a time per index)."""
+        from shoal.storage.format import write_index
+
+        header, sections = state
         external = self._append_rows(os.path.abspath(os.fspath(path)), sections) if split else None
-        write_index(path, self._header(), sections, external)
+        write_index(path, header, sections, external)
 
     def _append_rows(self, path: str, sections: dict[str, np.ndarray]) -> dict[str, tuple[str, int]]:
         """Append the rows the row files lack (a new codes file when the codes were coded
@@ -1048,10 +1067,10 @@ class Index:
         if self._quantize:
             codes = kept.get("codes")
             if codes is None or os.path.dirname(codes.path) != directory \
-                    or self._saved_code_lo is not self._code_lo:
+                    or self._saved_code_lo is not sections["code_lo"]:
                 codes = RowFile(os.path.join(directory, stem + ".u8"))
             codes.append(sections["codes"][codes.rows:])
-            self._saved_code_lo = self._code_lo
+            self._saved_code_lo = sections["code_lo"]
             out["codes"] = codes
         self._row_files = out
         return {name: (f.name, f.crc) for name, f in out.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 from collections import Counter
 
 import numpy as np
@@ -154,3 +155,48 @@ def test_on_disk_must_be_a_bool(tmp_path):
         with pytest.raises(TypeError, match="on_disk"):
             db.create_collection("c", dim=4, on_disk="yes")
         assert db.list_collections() == []
+
+
+def test_the_writer_goes_on_while_a_checkpoint_writes_its_segment(tmp_path):
+    """The stall bound: a checkpoint stops the writer only to repair and copy the links; its
+    rows and segment file are written on a thread of its own. Here that thread is held
+    before it writes the segment file: upserts go on meanwhile, and the checkpoint finishes
+    at the first write after it is released."""
+    policy = shoal.Policy(checkpoint_min_rows=500, checkpoint_max_rows=500, compact_min_rows=10**6)
+    x = unit_rows(3000, 5)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(op, path, info):
+        if op == "create" and path.endswith(".tmp") and ".seg-" in path \
+                and threading.current_thread().name.startswith("shoal-checkpoint"):
+            held.set()
+            assert release.wait(120)
+
+    with shoal.open(tmp_path / "db", policy=policy) as db:
+        col = db.create_collection("c", dim=DIM)
+        previous = files.set_hook(hold)
+        try:
+            col.upsert(list(range(500)), x[:500])  # due: the checkpoint starts
+            assert held.wait(60)
+            done = threading.Event()
+
+            def more():
+                for lo in range(500, 2000, 250):
+                    col.upsert(list(range(lo, lo + 250)), x[lo:lo + 250])
+                done.set()
+            writer = threading.Thread(target=more)
+            writer.start()
+            assert done.wait(120), "an upsert waited for the checkpoint's segment file"
+            assert col.stats()["log_records"] == 7 and col.count() == 2000  # nothing checkpointed yet
+            release.set()
+            writer.join()
+        finally:
+            release.set()
+            files.set_hook(previous)
+        col._pending.thread.join()
+        col.upsert([2000], x[2000:2001])  # finishes it: the log keeps what came after
+        assert col.stats()["log_records"] == 7
+        assert [h.id for h in col.search(x[1999], k=1)] == [1999]
+    with shoal.open(tmp_path / "db", policy=policy) as db:
+        col = db.get_collection("c")
+        assert col.count() == 2001 and [h.id for h in col.search(x[77], k=1)] == [77]

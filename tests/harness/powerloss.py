@@ -26,6 +26,7 @@ relies on is needed.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,7 @@ class Recorder:
         self.sqlite: dict[str, list[tuple[int, bool, bytes, bytes]]] = {}  # path -> (step, durable, db, wal)
         self.steps = 0
         self.durable_ops = 0  # how many of the workload's operations are acknowledged as durable
+        self._lock = threading.Lock()
         self._load(self.root, self.tree)
 
     def _load(self, path: str, node: Dir) -> None:
@@ -90,6 +92,10 @@ class Recorder:
     def __call__(self, op: str, path: str, info: dict) -> None:
         if not path.startswith(self.root):
             return
+        with self._lock:  # operations from several threads (checkpoints) apply one at a time
+            self._apply(op, path, info)
+
+    def _apply(self, op: str, path: str, info: dict) -> None:
         self.steps += 1
         if op == "sqlite_committed":
             self._copy_sqlite(path, info["durable"])

@@ -50,6 +50,28 @@ def test_first_seq_continues_a_numbering(tmp_path):
     assert [r.seq for r in WriteAheadLog(tmp_path / "b.wal").records()] == [1000]
 
 
+@pytest.mark.parametrize("seq", [0, 1, 17, 30])
+def test_restart_after_keeps_the_later_records_and_a_reader_keeps_the_old_file(tmp_path, seq):
+    path = tmp_path / "r.wal"
+    write_log(path, 30)
+    wal = WriteAheadLog(path)
+    reader = WriteAheadLog(path, read_only=True)
+    wal.restart_after(seq)
+    assert wal.first_seq == seq + 1 and wal.last_seq == 30
+    assert [(r.seq, r.payload) for r in wal.records()] == [(i + 1, payload(i)) for i in range(seq, 30)]
+    assert wal.append(2, b"next") == 31
+    assert [r.seq for r in reader.records(after=seq)] == list(range(seq + 1, 31))  # the old file
+    wal.close()
+    reader.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = WriteAheadLog(path)
+    assert [r.seq for r in again.records()] == list(range(seq + 1, 32))
+    with pytest.raises(shoal.InvalidArgumentError, match="outside the log"):
+        again.restart_after(40)
+    again.close()
+
+
 def test_every_torn_tail_is_cut_back_to_the_last_whole_record(tmp_path):
     full = write_log(tmp_path / "full.wal", 6)
     whole = WriteAheadLog(tmp_path / "full.wal")

@@ -42,7 +42,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numba
@@ -89,6 +89,34 @@ def _is_io_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 10) & 0xFF) in _SQLITE_IO
 
 
+@dataclass
+class _Checkpoint:
+    """A checkpoint in progress: begun under the writer lock, its segment written (on a thread
+    of its own, or not), ended under the lock (``Collection._checkpoint_locked``)."""
+
+    seq: int               # the last log record it covers
+    logged: int            # rows logged up to then
+    seal: bool
+    doomed: list[str]      # files to remove once the manifest no longer names them
+    name: str | None = None                # the new segment file, if the segment changed
+    index: Index | None = None
+    before: list[str] = field(default_factory=list)  # the segment's files before
+    state: tuple | None = None             # Index.saved_state, until written
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def write(self, directory: str) -> None:
+        """Append the new rows to the row files and write the segment file (an error is
+        kept for the writer to raise when it ends the checkpoint)."""
+        try:
+            if self.state is not None:
+                self.index.write_state(os.path.join(directory, self.name), self.state, split=True)
+        except BaseException as exc:  # noqa: BLE001 - raised again by _end_checkpoint
+            self.error = exc
+        finally:
+            self.state = None
+
+
 class Collection:
     """A named collection in a ``shoal.Database``; get one with ``db.create_collection`` or
     ``db.get_collection``, not by calling this class."""
@@ -105,6 +133,7 @@ class Collection:
         self.policy = policy
         self._write_lock = threading.Lock()
         self._calibrating: threading.Thread | None = None
+        self._pending: _Checkpoint | None = None  # a checkpoint writing its segment
         self._failed: BaseException | None = None
         self._purgeable: list[int] = []  # log positions up to which retired versions may go
         self._logged_rows = 0
@@ -386,15 +415,18 @@ class Collection:
 
     def _maintain(self) -> None:
         """The automatic policies, after a write (writer lock held): purge retired versions no
-        snapshot can show, compact, checkpoint, seal."""
+        snapshot can show, compact, finish a checkpoint whose segment is written, start one
+        (on a thread of its own), seal."""
         self._purge()
         snap = self._snap
         if self.policy.compaction_due(snap.rows, snap.dead):
             self._compact_locked()
             return
+        self._finish_checkpoint(wait=False)
         active = 0 if self._active is None else len(self._active)
-        if self.policy.checkpoint_due(self._logged_rows, active):
-            self._checkpoint_locked(seal=active >= self.policy.seal_rows)
+        if self._pending is None and self.policy.checkpoint_due(self._logged_rows, active):
+            seal = active >= self.policy.seal_rows
+            self._checkpoint_locked(seal=seal, background=not seal)
 
     def _purge(self) -> None:
         through = 0
@@ -403,37 +435,73 @@ class Collection:
         if through:
             self._store.purge(through)
 
-    def _checkpoint_locked(self, seal: bool = False, obsolete: tuple[str, ...] = ()) -> None:
-        """Save the active segment if it changed (its new rows appended to its row files, its
-        links to a new segment file), make the payload store durable, replace the manifest,
-        restart the log, then remove files no longer named. With ``seal`` the active segment
-        stays as it is and the next write starts a new one."""
+    def _checkpoint_locked(self, seal: bool = False, obsolete: tuple[str, ...] = (),
+                           background: bool = False) -> None:
+        """Checkpoint (writer lock held), after finishing one in progress. With ``seal`` the
+        active segment stays as it is and the next write starts a new one; ``obsolete`` files
+        go once the manifest no longer names them. With ``background`` the segment is written
+        on a thread of its own and a later write finishes the checkpoint (``_maintain``)."""
+        self._finish_checkpoint(wait=True)
+        job = self._begin_checkpoint(seal, obsolete)
+        if background and job.state is not None:
+            job.thread = threading.Thread(target=job.write, args=(self.path,), daemon=True,
+                                          name=f"shoal-checkpoint-{self.name}")
+            self._pending = job
+            job.thread.start()
+        else:
+            job.write(self.path)
+            self._end_checkpoint(job)
+
+    def _begin_checkpoint(self, seal: bool, obsolete: tuple[str, ...]) -> "_Checkpoint":
+        """The part of a checkpoint that must stop the writer: make the active segment's
+        graph whole (``repair``), take its state (its links copied: about 130 bytes a row,
+        a memory copy), and make the payload store durable through the last log record."""
+        job = _Checkpoint(self._wal.last_seq, self._logged_rows, seal, list(obsolete))
         segments = list(self._snap.segments)
-        doomed = list(obsolete)
         if self._active is not None and (segments[-1].file is None or self._logged_rows):
             self._active.repair()
-            name = f"seg-{self._next_segment:06d}.shoal"
+            job.name = f"seg-{self._next_segment:06d}.shoal"
             self._next_segment += 1
-            old = segments.pop()
-            before = old.files()
+            job.index, job.before = self._active, segments[-1].files()
             # (with the last calibration that finished: the writer does not wait for one)
-            self._active.save(os.path.join(self.path, name), calibrate=False, split=True)
-            doomed += sorted(set(before) - set(self._active.external_files()))
-            # the repair may have written links: take a fresh view
-            segments.append(replace(old, file=name, view=self._active.view()))
-        seq = self._wal.last_seq
-        self._store.checkpoint(seq)
-        active = None if self._active is None or seal else segments[-1].file
-        manifest_file.write_manifest(self.path, [s.file for s in segments], active, seq,
+            job.state = self._active.saved_state(copy=True)
+            # the repair may have written links: a fresh view
+            segments[-1] = replace(segments[-1], view=self._active.view())
+            self._snap = Snapshot(tuple(segments), self._snap.epoch)
+        self._store.checkpoint(job.seq)
+        return job
+
+    def _finish_checkpoint(self, wait: bool) -> None:
+        """Finish the checkpoint in progress if its segment is written (with ``wait``: once
+        it is)."""
+        job = self._pending
+        if job is None or (not wait and job.thread.is_alive()):
+            return
+        job.thread.join()
+        self._pending = None
+        self._end_checkpoint(job)
+
+    def _end_checkpoint(self, job: "_Checkpoint") -> None:
+        """Name the written segment in a new manifest, start the log after the checkpoint's
+        last record (keeping the records written since), remove the files no longer named."""
+        if job.error is not None:
+            raise job.error
+        segments = list(self._snap.segments)
+        doomed = list(job.doomed)
+        if job.name is not None:
+            if segments[-1].index is not job.index:  # seals and compactions wait for a checkpoint
+                raise RuntimeError("the active segment changed under a checkpoint")
+            segments[-1] = replace(segments[-1], file=job.name)
+            doomed += sorted(set(job.before) - set(job.index.external_files()))
+        active = None if self._active is None or job.seal else segments[-1].file
+        manifest_file.write_manifest(self.path, [s.file for s in segments], active, job.seq,
                                      self._next_uid, self._next_segment)
-        self._checkpoint = seq
+        self._checkpoint = job.seq
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
-        if seal:
+        if job.seal:
             self._active = None
-        self._wal.close()
-        files.unlink(self._wal.path)
-        self._wal = WriteAheadLog(self._wal.path, first_seq=seq + 1)
-        self._logged_rows = 0
+        self._wal.restart_after(job.seq)
+        self._logged_rows -= job.logged
         for name in doomed:
             files.unlink(os.path.join(self.path, name))
 
@@ -456,6 +524,7 @@ class Collection:
             self._compact_locked()
 
     def _compact_locked(self) -> None:
+        self._finish_checkpoint(wait=True)
         snap = self._snap
         parts_x, parts_u = [], []
         for seg in snap.segments:
@@ -498,10 +567,13 @@ class Collection:
             self._join_calibration()  # its result goes into the file below
             if checkpoint and not self.read_only and self._failed is None:
                 with self._writing("close"):
-                    if self._logged_rows or (self._active is not None and self._snap.segments[-1].file is None):
+                    if self._logged_rows or self._pending is not None or \
+                            (self._active is not None and self._snap.segments[-1].file is None):
                         self._checkpoint_locked()
                     self._wal.sync()
         finally:
+            if self._pending is not None:  # a failed collection: let its writing end first
+                self._pending.thread.join()
             self._wal.close(sync=False)
             self._store.close()
 

@@ -155,6 +155,25 @@ class WriteAheadLog:
         """Make every appended record durable."""
         files.fsync(self._file)
 
+    def restart_after(self, seq: int) -> None:
+        """Start the log afresh after record ``seq`` (a checkpoint holds it and those before),
+        keeping the records after it: a new file with them is written beside this one,
+        fsynced and renamed over it. A reader that opened the old file keeps reading it."""
+        if not self.first_seq - 1 <= seq <= self.last_seq:
+            raise InvalidArgumentError(f"seq {seq} is outside the log ({self.first_seq}..{self.last_seq})")
+        keep = self._records[seq + 1 - self.first_seq:]
+        self._file.flush()
+        end = self._file.tell()
+        start = keep[0][0] if keep else end
+        tail = os.pread(self._file.fileno(), end - start, start)
+        files.replace_atomically(self.path, [_HEADER.pack(MAGIC, VERSION, seq + 1), tail])
+        self._file.close()
+        self._file = open(self.path, "r+b")
+        self._file.seek(0, os.SEEK_END)
+        shift = _HEADER.size - start
+        self._records = [(offset + shift, length) for offset, length in keep]
+        self.first_seq = seq + 1
+
     def records(self, after: int = 0) -> Iterator[Record]:
         """The records with sequence number > ``after``, in order."""
         start = max(after + 1 - self.first_seq, 0)
