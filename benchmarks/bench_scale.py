@@ -13,9 +13,11 @@ For each size, each engine runs in its own process (peak RSS is its own):
   queries as one batch, interpolated over an ef sweep) and the calibrated default;
 - ``hnswlib``: ``add_items`` with M=16, ef_construction=64, 2 threads; the same sweep;
 - ``collection``: durable ingest (``upsert`` of 1,000 rows with payloads, two payload indexes),
-  each upsert's time (median, p99, worst: a checkpoint runs on the writer), a final
-  ``checkpoint()``, disk use, then reopen + first query, single-query latency and batch QPS at
-  the ef where the Index reached 0.95.
+  each upsert's time (median, p99, worst: the longest the writer was stopped), the
+  checkpoints' timings (the part that stops the writer, and the segment write beside it), a
+  final ``checkpoint()``, disk use, then reopen + first query, single-query latency and batch
+  QPS at the ef where the Index reached 0.95, and resident memory (own and mapped-file pages);
+- ``on-disk``: the same collection created with ``on_disk=True`` (float32 rows memory-mapped).
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 100000,1000000] [--out DIR]
 """
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from bench_core import write_results  # noqa: E402  (same directory)
-from shoal.bench import default_recall, median_time, qps_at, reset_peak, rss_now, rss_peak  # noqa: E402
+from shoal.bench import default_recall, median_time, qps_at, reset_peak, rss_now, rss_parts, rss_peak  # noqa: E402
 from shoal.datasets import FULL, load_dataset, recall_at_k  # noqa: E402
 
 EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256]
@@ -155,7 +157,7 @@ def worker(spec: dict) -> dict:
     folder = tempfile.mkdtemp(dir=spec.get("tmp"))
     try:
         db = shoal.open(folder)
-        col = db.create_collection("rows", dim=dim, metric="cosine")
+        col = db.create_collection("rows", dim=dim, metric="cosine", on_disk=spec["engine"] == "on-disk")
         col.create_payload_index("group")
         col.create_payload_index("tag")
         lat = []
@@ -174,7 +176,13 @@ def worker(spec: dict) -> dict:
         lat_ms = np.array(lat) * 1e3
         out["upsert_ms"] = {"median": float(np.median(lat_ms)), "p99": float(np.percentile(lat_ms, 99)),
                             "max": float(lat_ms.max()), "over_100ms": int((lat_ms > 100).sum())}
-        out["segments"] = len(col.stats()["segments"])
+        stats = col.stats()
+        out["segments"] = len(stats["segments"])
+        cps = stats["checkpoints"]
+        out["checkpoints"] = {"count": len(cps), "rows": [c["rows"] for c in cps],
+                              "stop_s_max": max((c["begin"] + c["end"] for c in cps), default=0.0),
+                              "write_s": [c.get("write", 0.0) for c in cps]}
+        out["rss_after_ingest"] = rss_parts()
         db.close()
         out["disk_bytes"] = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         t = time.perf_counter()
@@ -195,6 +203,7 @@ def worker(spec: dict) -> dict:
             one.append(time.perf_counter() - t)
         out["single_query_us"] = {"median": float(np.median(one) * 1e6),
                                   "p99": float(np.percentile(one, 99) * 1e6)}
+        out["rss_after_search"] = rss_parts()
         db.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -216,8 +225,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "shoal-bench"))
+    ap.add_argument("--on-disk", action="store_true", help="also a collection with on_disk=True")
     ap.add_argument("--worker")
     args = ap.parse_args(argv)
+    engines = ["collection"] + (["on-disk"] if args.on_disk else [])
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker)), default=float))
         return 0
@@ -239,7 +250,8 @@ def main(argv=None) -> int:
                     "gt": str(work / "gt.npy"), "tmp": str(work)}
             res = {e: run_worker({**spec, "engine": e}) for e in ("index", "hnswlib")}
             ef95 = next((p["ef"] for p in res["index"]["curve"] if p["recall"] >= 0.95), EFS[-1])
-            res["collection"] = run_worker({**spec, "engine": "collection", "ef": ef95})
+            for e in engines:
+                res[e] = run_worker({**spec, "engine": e, "ef": ef95})
             for e in ("index", "hnswlib"):
                 res[e]["qps_at_095"] = qps_at(res[e]["curve"])
             results["sizes"][n] = res
@@ -256,9 +268,10 @@ def table(results: dict) -> list[str]:
         return "n/a" if x is None else spec.format(x)
     lines = ["Rows made from WordNet (see benchmarks/bench_scale.py); 2 threads to build, 1 to search.", "",
              "| rows | Index.add vs hnswlib | collection ingest vs Index.add | QPS@0.95 vs hnswlib | "
-             "upsert ms median / p99 / worst | final checkpoint s | reopen + 1st query s | "
-             "1 query via collection us median / p99 | peak RSS build (Index / hnswlib) GB | disk GB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "upsert ms median / p99 / worst | checkpoints: writer stopped, longest s | final checkpoint s | "
+             "reopen + 1st query s | 1 query via collection us median / p99 | "
+             "peak RSS build (Index / hnswlib) GB | disk GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in results["sizes"].items():
         ix, hn, col = r["index"], r["hnswlib"], r["collection"]
         q_ratio = ix["qps_at_095"] / hn["qps_at_095"] if ix["qps_at_095"] and hn["qps_at_095"] else None
@@ -267,7 +280,8 @@ def table(results: dict) -> list[str]:
             f"| {int(n):,} | {hn['build_s'] / ix['build_s']:.2f}x ({int(n) / ix['build_s']:,.0f} vec/s) | "
             f"{ix['build_s'] / col['ingest_s']:.2f}x ({int(n) / col['ingest_s']:,.0f} vec/s) | "
             f"{f(q_ratio, '{:.2f}x')} ({f(ix['qps_at_095'])} vs {f(hn['qps_at_095'])}) | "
-            f"{u['median']:.1f} / {u['p99']:.1f} / {u['max']:.0f} | {col['final_checkpoint_s']:.2f} | "
+            f"{u['median']:.1f} / {u['p99']:.1f} / {u['max']:.0f} | "
+            f"{col['checkpoints']['count']}, {col['checkpoints']['stop_s_max']:.2f} | {col['final_checkpoint_s']:.2f} | "
             f"{col['reopen_first_query_s']:.2f} | {col['single_query_us']['median']:.0f} / "
             f"{col['single_query_us']['p99']:.0f} | {ix['build_peak_rss_delta'] / 1e9:.2f} / "
             f"{hn['build_peak_rss_delta'] / 1e9:.2f} | {col['disk_bytes'] / 1e9:.2f} |")
@@ -279,6 +293,22 @@ def table(results: dict) -> list[str]:
                      f"Index default calibrated on rows ef={d['ef']} recall {d['recall']:.3f} (calibration "
                      f"{r['index']['calibrate_s']:.1f} s), after learning the even-numbered queries ef={lw['ef']} "
                      f"recall {lw['recall']:.3f} on the odd ones; {r['collection']['segments']} segment(s)")
+    if any("on-disk" in r for r in results["sizes"].values()):
+        lines += ["", "Vectors on disk (`on_disk=True`) vs in RAM, same rows, same run; resident memory after "
+                  "the searches (own / mapped-file pages):", "",
+                  "| rows | ingest vs Index.add | upsert ms worst | recall@10 | QPS vs in RAM | "
+                  "1 query us median | RSS own GB (in RAM / on disk) | RSS file GB on disk | disk GB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n, r in results["sizes"].items():
+            if "on-disk" not in r:
+                continue
+            ix, col, dk = r["index"], r["collection"], r["on-disk"]
+            lines.append(
+                f"| {int(n):,} | {ix['build_s'] / dk['ingest_s']:.2f}x | {dk['upsert_ms']['max']:.0f} | "
+                f"{dk['at_ef']['recall']:.3f} | {dk['at_ef']['qps'] / col['at_ef']['qps']:.2f}x "
+                f"({dk['at_ef']['qps']:,.0f}) | {dk['single_query_us']['median']:.0f} | "
+                f"{col['rss_after_search']['anon'] / 1e9:.2f} / {dk['rss_after_search']['anon'] / 1e9:.2f} | "
+                f"{dk['rss_after_search']['file'] / 1e9:.2f} | {dk['disk_bytes'] / 1e9:.2f} |")
     return lines
 
 

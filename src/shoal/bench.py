@@ -43,6 +43,17 @@ def rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def rss_parts() -> dict[str, int]:
+    """This process's resident memory by kind, in bytes: ``anon`` (its own: heap, arrays)
+    and ``file`` (pages of mapped files, which the kernel may drop and read again)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line[3:7].lower()] = int(line.split()[1]) * 1024
+    return out
+
+
 def rss_peak() -> int:
     """This process's peak resident set size (since start or ``reset_peak``), in bytes."""
     with open("/proc/self/status") as f:

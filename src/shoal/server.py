@@ -75,6 +75,7 @@ class CollectionInfo(BaseModel):
     deleted_rows: int
     segments: list[dict[str, Any]]
     log_records: int
+    checkpoints: list[dict[str, Any]]
 
 
 class CollectionList(BaseModel):
@@ -419,7 +420,8 @@ def _info(col: Any) -> dict[str, Any]:
             "ef_construction": col.config["ef_construction"], "on_disk": col.config.get("on_disk", False),
             "count": stats["count"],
             "rows": stats["rows"], "deleted_rows": stats["deleted_rows"],
-            "segments": stats["segments"], "log_records": stats["log_records"]}
+            "segments": stats["segments"], "log_records": stats["log_records"],
+            "checkpoints": stats["checkpoints"]}
 
 
 def _version() -> str:

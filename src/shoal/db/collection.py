@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,8 @@ from shoal.storage import files
 from shoal.storage.wal import WriteAheadLog, salvage_log
 
 FORMAT = manifest_file.FORMAT
+#: ``stats()["checkpoints"]`` keeps the timings of this many of the last checkpoints.
+CHECKPOINT_HISTORY = 32
 
 
 class Hit(NamedTuple):
@@ -104,10 +107,12 @@ class _Checkpoint:
     state: tuple | None = None             # Index.saved_state, until written
     thread: threading.Thread | None = None
     error: BaseException | None = None
+    times: dict = field(default_factory=dict)  # seconds: "begin" (the writer stopped), "write"
 
     def write(self, directory: str) -> None:
         """Append the new rows to the row files and write the segment file (an error is
         kept for the writer to raise when it ends the checkpoint)."""
+        t = time.perf_counter()
         try:
             if self.state is not None:
                 self.index.write_state(os.path.join(directory, self.name), self.state, split=True)
@@ -115,6 +120,7 @@ class _Checkpoint:
             self.error = exc
         finally:
             self.state = None
+            self.times["write"] = time.perf_counter() - t
 
 
 class Collection:
@@ -134,6 +140,7 @@ class Collection:
         self._write_lock = threading.Lock()
         self._calibrating: threading.Thread | None = None
         self._pending: _Checkpoint | None = None  # a checkpoint writing its segment
+        self._checkpoints: list[dict] = []  # the last CHECKPOINT_HISTORY checkpoints' timings
         self._failed: BaseException | None = None
         self._purgeable: list[int] = []  # log positions up to which retired versions may go
         self._logged_rows = 0
@@ -456,6 +463,7 @@ class Collection:
         """The part of a checkpoint that must stop the writer: make the active segment's
         graph whole (``repair``), take its state (its links copied: about 130 bytes a row,
         a memory copy), and make the payload store durable through the last log record."""
+        t = time.perf_counter()
         job = _Checkpoint(self._wal.last_seq, self._logged_rows, seal, list(obsolete))
         segments = list(self._snap.segments)
         if self._active is not None and (segments[-1].file is None or self._logged_rows):
@@ -469,6 +477,7 @@ class Collection:
             segments[-1] = replace(segments[-1], view=self._active.view())
             self._snap = Snapshot(tuple(segments), self._snap.epoch)
         self._store.checkpoint(job.seq)
+        job.times["begin"] = time.perf_counter() - t
         return job
 
     def _finish_checkpoint(self, wait: bool) -> None:
@@ -486,6 +495,7 @@ class Collection:
         last record (keeping the records written since), remove the files no longer named."""
         if job.error is not None:
             raise job.error
+        t = time.perf_counter()
         segments = list(self._snap.segments)
         doomed = list(job.doomed)
         if job.name is not None:
@@ -504,6 +514,9 @@ class Collection:
         self._logged_rows -= job.logged
         for name in doomed:
             files.unlink(os.path.join(self.path, name))
+        job.times["end"] = time.perf_counter() - t
+        self._checkpoints.append({"rows": job.logged, **{k: round(v, 6) for k, v in job.times.items()}})
+        del self._checkpoints[:-CHECKPOINT_HISTORY]
 
     def checkpoint(self) -> None:
         """Save the active segment and restart the log now (``close()`` does it too)."""
@@ -725,4 +738,6 @@ class Collection:
                 "rows": snap.rows,
                 "memory_bytes": int(sum(seg.index.stats()["memory_bytes"] for seg in snap.segments)),
                 "deleted_rows": snap.dead,
-                "log_records": len(self._wal)}
+                "log_records": len(self._wal),
+                # rows covered and seconds: "begin" and "end" stopped the writer, "write" did not
+                "checkpoints": list(self._checkpoints)}
