@@ -114,7 +114,7 @@ def sweep(search, queries: np.ndarray, gt: np.ndarray) -> list[dict]:
 
 
 def worker(spec: dict) -> dict:
-    rows = np.load(spec["rows"])
+    rows = np.load(spec["rows"], mmap_mode="r")  # (a collection reads it batch by batch)
     queries = np.load(spec["queries"])
     gt = np.load(spec["gt"])
     n, dim = rows.shape
@@ -169,6 +169,7 @@ def worker(spec: dict) -> dict:
             col.upsert(ids, rows[lo:lo + BATCH], payloads)
             lat.append(time.perf_counter() - t)
         out["ingest_s"] = time.perf_counter() - t0
+        del rows  # (its mapped pages would count as this process's)
         t = time.perf_counter()
         col.checkpoint()
         out["final_checkpoint_s"] = time.perf_counter() - t
@@ -184,13 +185,17 @@ def worker(spec: dict) -> dict:
                               "write_s": [c.get("write", 0.0) for c in cps]}
         out["rss_after_ingest"] = rss_parts()
         db.close()
-        out["disk_bytes"] = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+        out["disk_bytes"] = sum(f.stat().st_blocks * 512 for f in Path(folder).rglob("*") if f.is_file())
         t = time.perf_counter()
         db = shoal.open(folder)
         col = db.get_collection("rows")
         col.search(queries[0], k=10)
         out["reopen_first_query_s"] = time.perf_counter() - t
-        ef = spec["ef"]
+        if spec.get("ef") is None:  # no Index in this run: the collection's own sweep
+            out["curve"] = sweep(lambda q, ef: np.array([[h.id for h in r] for r in col.search(
+                q, k=10, ef=ef, with_payload=False, num_threads=1)]), queries, gt)
+            out["qps_at_095"] = qps_at(out["curve"])
+        ef = spec.get("ef") or next((p["ef"] for p in out["curve"] if p["recall"] >= 0.95), EFS[-1])
         found = np.array([[h.id for h in r] for r in col.search(queries, k=10, ef=ef, with_payload=False,
                                                                    num_threads=1)])
         out["at_ef"] = {"ef": ef, "recall": recall_at_k(found, gt),
@@ -225,10 +230,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "shoal-bench"))
-    ap.add_argument("--on-disk", action="store_true", help="also a collection with on_disk=True")
+    ap.add_argument("--engines", default="index,hnswlib,collection",
+                    help="of index, hnswlib, collection, on-disk (a collection with on_disk=True)")
+    ap.add_argument("--on-disk", action="store_true", help="add the on-disk engine")
     ap.add_argument("--worker")
     args = ap.parse_args(argv)
-    engines = ["collection"] + (["on-disk"] if args.on_disk else [])
+    engines = args.engines.split(",") + (["on-disk"] if args.on_disk else [])
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker)), default=float))
         return 0
@@ -248,12 +255,16 @@ def main(argv=None) -> int:
             del rows
             spec = {"rows": str(work / "rows.npy"), "queries": str(work / "queries.npy"),
                     "gt": str(work / "gt.npy"), "tmp": str(work)}
-            res = {e: run_worker({**spec, "engine": e}) for e in ("index", "hnswlib")}
-            ef95 = next((p["ef"] for p in res["index"]["curve"] if p["recall"] >= 0.95), EFS[-1])
-            for e in engines:
-                res[e] = run_worker({**spec, "engine": e, "ef": ef95})
+            res = {e: run_worker({**spec, "engine": e}) for e in ("index", "hnswlib") if e in engines}
+            ef95 = None
+            if "index" in res:
+                ef95 = next((p["ef"] for p in res["index"]["curve"] if p["recall"] >= 0.95), EFS[-1])
+            for e in ("collection", "on-disk"):
+                if e in engines:
+                    res[e] = run_worker({**spec, "engine": e, "ef": ef95})
             for e in ("index", "hnswlib"):
-                res[e]["qps_at_095"] = qps_at(res[e]["curve"])
+                if e in res:
+                    res[e]["qps_at_095"] = qps_at(res[e]["curve"])
             results["sizes"][n] = res
             print(json.dumps({"n": n, **{e: {k: v for k, v in r.items() if k != "curve"} for e, r in res.items()}},
                              default=float), flush=True)
@@ -272,7 +283,8 @@ def table(results: dict) -> list[str]:
              "reopen + 1st query s | 1 query via collection us median / p99 | "
              "peak RSS build (Index / hnswlib) GB | disk GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for n, r in results["sizes"].items():
+    full = {n: r for n, r in results["sizes"].items() if {"index", "hnswlib", "collection"} <= set(r)}
+    for n, r in full.items():
         ix, hn, col = r["index"], r["hnswlib"], r["collection"]
         q_ratio = ix["qps_at_095"] / hn["qps_at_095"] if ix["qps_at_095"] and hn["qps_at_095"] else None
         u = col["upsert_ms"]
@@ -286,7 +298,7 @@ def table(results: dict) -> list[str]:
             f"{col['single_query_us']['p99']:.0f} | {ix['build_peak_rss_delta'] / 1e9:.2f} / "
             f"{hn['build_peak_rss_delta'] / 1e9:.2f} | {col['disk_bytes'] / 1e9:.2f} |")
     lines += ["", "Collection search at the ef where the Index reached 0.95, and the Index's calibrated default:", ""]
-    for n, r in results["sizes"].items():
+    for n, r in full.items():
         a = r["collection"]["at_ef"]
         d, lw = r["index"]["default"], r["index"]["learned"]
         lines.append(f"- {int(n):,} rows: collection ef={a['ef']} recall {a['recall']:.3f} at {a['qps']:,.0f} QPS; "
@@ -296,18 +308,22 @@ def table(results: dict) -> list[str]:
     if any("on-disk" in r for r in results["sizes"].values()):
         lines += ["", "Vectors on disk (`on_disk=True`) vs in RAM, same rows, same run; resident memory after "
                   "the searches (own / mapped-file pages):", "",
-                  "| rows | ingest vs Index.add | upsert ms worst | recall@10 | QPS vs in RAM | "
-                  "1 query us median | RSS own GB (in RAM / on disk) | RSS file GB on disk | disk GB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| rows | ingest vec/s (vs Index.add) | upsert ms median / worst | segments | ef | recall@10 | "
+                  "QPS (vs in RAM) | 1 query us median | RSS own GB (in RAM / on disk) | RSS file GB on disk | "
+                  "disk GB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, r in results["sizes"].items():
             if "on-disk" not in r:
                 continue
-            ix, col, dk = r["index"], r["collection"], r["on-disk"]
+            ix, col, dk = r.get("index"), r.get("collection"), r["on-disk"]
+            vs_ix = f" ({ix['build_s'] / dk['ingest_s']:.2f}x)" if ix else ""
+            vs_ram = f" ({dk['at_ef']['qps'] / col['at_ef']['qps']:.2f}x)" if col else ""
+            ram_rss = f"{col['rss_after_search']['anon'] / 1e9:.2f}" if col else "n/a"
             lines.append(
-                f"| {int(n):,} | {ix['build_s'] / dk['ingest_s']:.2f}x | {dk['upsert_ms']['max']:.0f} | "
-                f"{dk['at_ef']['recall']:.3f} | {dk['at_ef']['qps'] / col['at_ef']['qps']:.2f}x "
-                f"({dk['at_ef']['qps']:,.0f}) | {dk['single_query_us']['median']:.0f} | "
-                f"{col['rss_after_search']['anon'] / 1e9:.2f} / {dk['rss_after_search']['anon'] / 1e9:.2f} | "
+                f"| {int(n):,} | {int(n) / dk['ingest_s']:,.0f}{vs_ix} | {dk['upsert_ms']['median']:.0f} / "
+                f"{dk['upsert_ms']['max']:.0f} | {dk['segments']} | {dk['at_ef']['ef']} | {dk['at_ef']['recall']:.3f} | "
+                f"{dk['at_ef']['qps']:,.0f}{vs_ram} | {dk['single_query_us']['median']:.0f} | "
+                f"{ram_rss} / {dk['rss_after_search']['anon'] / 1e9:.2f} | "
                 f"{dk['rss_after_search']['file'] / 1e9:.2f} | {dk['disk_bytes'] / 1e9:.2f} |")
     return lines
 

@@ -519,6 +519,22 @@ class Index:
         self._scratch.append((visited, tags))
         return evals
 
+    def trim(self) -> None:
+        """Give back the memory kept for growth, for an index that will not grow again (a
+        sealed segment): arrays cut to ``count`` rows (vectors mapped from a file stay as
+        they are) and the construction codes ``keep_codes`` kept. Later adds still work."""
+        n, p = self._count, self._pool_count
+        if not isinstance(self._vectors, np.memmap):
+            self._vectors = self._vectors[:n].copy()
+        for name in ("_ids", "_levels", "_links0", "_deg0", "_up_offset", "_sq_codes"):
+            arr = getattr(self, name)
+            if arr.shape[0] > n:
+                setattr(self, name, arr[:n].copy())
+        self._links_up, self._deg_up = self._links_up[:p].copy(), self._deg_up[:p].copy()
+        self.keep_codes = False
+        self._codes = self._code_params = None
+        self._scratch = []
+
     def repair(self, num_threads: int | None = None) -> int:
         """Give every node that the entry point cannot reach an in-link (see ``add``);
         returns the number of links written."""

@@ -200,3 +200,69 @@ def test_the_writer_goes_on_while_a_checkpoint_writes_its_segment(tmp_path):
     with shoal.open(tmp_path / "db", policy=policy) as db:
         col = db.get_collection("c")
         assert col.count() == 2001 and [h.id for h in col.search(x[77], k=1)] == [77]
+
+
+def test_a_sealed_segment_gives_back_the_room_it_kept_for_growth(tmp_path):
+    policy = shoal.Policy(seal_rows=700, checkpoint_min_rows=300, compact_min_rows=10**6)
+    x = unit_rows(1000, 6)
+    with shoal.open(tmp_path / "db", policy=policy) as db:
+        col = db.create_collection("c", dim=DIM)
+        for lo in range(0, 1000, 100):
+            col.upsert(list(range(lo, lo + 100)), x[lo:lo + 100])
+        sealed = col._snap.segments[0]
+        stats = sealed.index.stats()
+        # (sealed after one checkpoint beside the writer and a short one that stops it)
+        assert len(col._snap.segments) == 2 and stats["capacity"] == stats["count"] >= 700
+        assert sealed.index._codes is None and sealed.view.links0.shape[0] == stats["count"]
+        assert [row[0].id for row in col.search(x[::50], k=1, ef=64)] == list(range(0, 1000, 50))
+
+
+def test_writes_go_on_while_a_compaction_builds_and_none_of_them_is_lost_or_shown_twice(tmp_path):
+    """The compaction's merged segment is built and saved on a thread of its own (held here
+    before it writes its file); upserts, replacements and deletes meanwhile land in a new
+    active segment and as tombstones on the rows being merged, and stay so after the swap."""
+    policy = shoal.Policy(checkpoint_min_rows=10**6, checkpoint_max_rows=10**6, compact_min_rows=10**6)
+    x = unit_rows(1000, 7)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(op, path, info):
+        if op == "create" and ".seg-" in path and threading.current_thread().name.startswith("shoal-compact"):
+            held.set()
+            assert release.wait(120)
+
+    with shoal.open(tmp_path / "db", policy=policy) as db:
+        col = db.create_collection("c", dim=DIM)
+        col.upsert(list(range(600)), x[:600], [{"v": 1}] * 600)
+        col.delete(list(range(200)))
+        previous = files.set_hook(hold)
+        compactor = threading.Thread(target=col.compact)
+        try:
+            compactor.start()
+            assert held.wait(60)
+            done = threading.Event()
+
+            def meanwhile():
+                col.upsert(list(range(600, 800)), x[600:800], [{"v": 1}] * 200)   # new
+                col.upsert(list(range(200, 250)), x[800:850], [{"v": 2}] * 50)    # replaced
+                col.delete(list(range(250, 300)))                                  # deleted
+                done.set()
+            writer = threading.Thread(target=meanwhile)
+            writer.start()
+            assert done.wait(120), "a write waited for the compaction"
+        finally:
+            release.set()
+            files.set_hook(previous)
+        writer.join()
+        compactor.join()
+        assert col.count() == 550 and len(col.stats()["segments"]) == 2  # merged + the new active
+    for _ in range(2):  # as written, and reopened
+        with shoal.open(tmp_path / "db", policy=policy) as db:
+            col = db.get_collection("c")
+            assert col.count() == 550
+            assert col.get(list(range(250, 300))) == [None] * 50
+            assert all(g["payload"] == {"v": 2} for g in col.get(list(range(200, 250))))
+            hits = col.search(x[800:850], k=3, ef=64)
+            assert [row[0].id for row in hits] == list(range(200, 250))
+            for row in col.search(x[:900:7], k=20, ef=128):
+                ids = [h.id for h in row]
+                assert len(ids) == len(set(ids)) and not set(ids) & (set(range(200)) | set(range(250, 300)))

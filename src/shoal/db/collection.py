@@ -61,6 +61,9 @@ from shoal.storage import files
 from shoal.storage.wal import WriteAheadLog, salvage_log
 
 FORMAT = manifest_file.FORMAT
+#: A full active segment is sealed after a checkpoint beside the writer, and at the latest
+#: when it holds this many times ``Policy.seal_rows``.
+SEAL_SLACK = 1.25
 #: Results of at most this many rows are turned into ids in plain Python (``_rows``).
 SMALL_RESULT = 256
 #: ``stats()["checkpoints"]`` keeps the timings of this many of the last checkpoints.
@@ -125,6 +128,38 @@ class _Checkpoint:
             self.times["write"] = time.perf_counter() - t
 
 
+@dataclass
+class _Compaction:
+    """A compaction in progress: begun under the writer lock, its merged segment built and
+    saved on a thread of its own, ended under the lock (``Collection._finish_compaction``)."""
+
+    inputs: tuple[Segment, ...]   # the segments it merges, as they were when it began
+    index: Index | None = None    # the merged segment (None: no live rows)
+    name: str | None = None       # its file
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def build(self, directory: str) -> None:
+        """Link the inputs' live rows (in row-id order) into the merged index and save it
+        (an error is kept for the writer to raise when it ends the compaction)."""
+        try:
+            if self.index is None:
+                return
+            parts_x, parts_u = [], []
+            for seg in self.inputs:
+                nodes = seg.live_nodes()
+                parts_x.append(seg.view.vectors[nodes])
+                parts_u.append(seg.uids[nodes])
+            uids = np.concatenate(parts_u)
+            order = np.argsort(uids, kind="stable")
+            self.index.add(np.concatenate(parts_x)[order], ids=uids[order])
+            del parts_x
+            self.index.calibrate_if_stale()
+            self.index.save(os.path.join(directory, self.name), calibrate=False, split=True)
+        except BaseException as exc:  # noqa: BLE001 - raised again by _finish_compaction
+            self.error = exc
+
+
 class Collection:
     """A named collection in a ``shoal.Database``; get one with ``db.create_collection`` or
     ``db.get_collection``, not by calling this class."""
@@ -142,6 +177,8 @@ class Collection:
         self._write_lock = threading.Lock()
         self._calibrating: threading.Thread | None = None
         self._pending: _Checkpoint | None = None  # a checkpoint writing its segment
+        self._seal_ready = False  # the active segment is full and was saved once since
+        self._compacting: _Compaction | None = None  # a compaction building its segment
         self._checkpoints: list[dict] = []  # the last CHECKPOINT_HISTORY checkpoints' timings
         self._failed: BaseException | None = None
         self._purgeable: list[int] = []  # log positions up to which retired versions may go
@@ -251,6 +288,8 @@ class Collection:
             self._active = segments[-1].index
             self._active.keep_codes = True
         self._snap = Snapshot(tuple(segments), Epoch())
+        # a full active segment saved as such: the next checkpoint seals it
+        self._seal_ready = self._active is not None and len(self._active) >= self.policy.seal_rows
         self._remember_keys(*self._store.int_keys())
         applied = self._store.applied_seq
         writer = not self.read_only
@@ -427,14 +466,19 @@ class Collection:
         snapshot can show, compact, finish a checkpoint whose segment is written, start one
         (on a thread of its own), seal."""
         self._purge()
+        self._finish_compaction(wait=False)
         snap = self._snap
-        if self.policy.compaction_due(snap.rows, snap.dead):
-            self._compact_locked()
+        if self._compacting is None and self.policy.compaction_due(snap.rows, snap.dead):
+            self._start_compaction()
             return
-        self._finish_checkpoint(wait=False)
         active = 0 if self._active is None else len(self._active)
+        overfull = active >= self.policy.seal_rows * SEAL_SLACK
+        self._finish_checkpoint(wait=overfull)  # (a full segment must not grow far)
         if self._pending is None and self.policy.checkpoint_due(self._logged_rows, active):
-            seal = active >= self.policy.seal_rows
+            # A seal makes the writer wait for its checkpoint: first save most of the segment
+            # beside the writer, then seal with what was logged meanwhile.
+            seal = active >= self.policy.seal_rows and (
+                self._seal_ready or overfull or self._logged_rows <= self.policy.checkpoint_min_rows // 4)
             self._checkpoint_locked(seal=seal, background=not seal)
 
     def _purge(self) -> None:
@@ -468,6 +512,7 @@ class Collection:
         t = time.perf_counter()
         job = _Checkpoint(self._wal.last_seq, self._logged_rows, seal, list(obsolete))
         segments = list(self._snap.segments)
+        self._seal_ready = not seal and self._active is not None and len(self._active) >= self.policy.seal_rows
         if self._active is not None and (segments[-1].file is None or self._logged_rows):
             self._active.repair()
             job.name = f"seg-{self._next_segment:06d}.shoal"
@@ -505,6 +550,9 @@ class Collection:
                 raise RuntimeError("the active segment changed under a checkpoint")
             segments[-1] = replace(segments[-1], file=job.name)
             doomed += sorted(set(job.before) - set(job.index.external_files()))
+        if job.seal and self._active is not None:  # it never grows again: give back its slack
+            self._active.trim()
+            segments[-1] = replace(segments[-1], view=self._active.view())
         active = None if self._active is None or job.seal else segments[-1].file
         manifest_file.write_manifest(self.path, [s.file for s in segments], active, job.seq,
                                      self._next_uid, self._next_segment)
@@ -534,35 +582,74 @@ class Collection:
 
     def compact(self) -> None:
         """Rebuild all segments into one without deleted or replaced rows (it becomes the
-        active segment, or is sealed if it is full)."""
+        active segment if nothing was written meanwhile, or is sealed if it is full). Other
+        writers go on while it builds; this call returns when it is done."""
         with self._writing("compact"):
-            self._compact_locked()
+            job = self._compacting
+        if job is not None:  # one already running: let it end, then compact what is left
+            job.thread.join()
+        with self._writing("compact"):
+            self._finish_compaction(wait=True)
+            job = self._start_compaction()
+        job.thread.join()
+        with self._writing("compact"):
+            self._finish_compaction(wait=True)
 
-    def _compact_locked(self) -> None:
+    def _start_compaction(self) -> "_Compaction":
+        """Begin a compaction (writer lock held): seal the active segment, so that every
+        segment it merges is immutable (but for tombstones), and build the merged segment on
+        a thread of its own; writes go on into a new active segment meanwhile."""
         self._finish_checkpoint(wait=True)
+        if self._active is not None:
+            self._checkpoint_locked(seal=True)
+        job = _Compaction(self._snap.segments)
+        if self._snap.live_count:
+            job.index = self._new_index()
+            job.name = f"seg-{self._next_segment:06d}.shoal"
+            self._next_segment += 1
+        job.thread = threading.Thread(target=job.build, args=(self.path,), daemon=True,
+                                      name=f"shoal-compact-{self.name}")
+        self._compacting = job
+        job.thread.start()
+        return job
+
+    def _finish_compaction(self, wait: bool) -> None:
+        """End the compaction in progress if its segment is built and saved (with ``wait``:
+        once it is): it replaces the segments it merged, without the rows deleted or
+        replaced meanwhile, in one snapshot; then a checkpoint names it in the manifest."""
+        job = self._compacting
+        if job is None or (not wait and job.thread.is_alive()):
+            return
+        job.thread.join()
+        self._compacting = None
+        if job.error is not None:
+            raise job.error
         snap = self._snap
-        parts_x, parts_u = [], []
-        for seg in snap.segments:
-            nodes = seg.live_nodes()
-            parts_x.append(seg.view.vectors[nodes])
-            parts_u.append(seg.uids[nodes])
-        uids = np.concatenate(parts_u) if parts_u else np.zeros(0, np.int64)
-        order = np.argsort(uids, kind="stable")
-        self._active = None
-        new: tuple[Segment, ...] = ()
-        if uids.size:
-            index = self._new_index()
-            index.add(np.concatenate(parts_x)[order], ids=uids[order])
-            index.calibrate_if_stale()
-            self._active = index
-            new = (Segment.of(None, index),)
-        obsolete = tuple(f for s in snap.segments for f in s.files())
+        merged_in = {id(seg.index) for seg in job.inputs}
+        now = {id(seg.index): seg for seg in snap.segments}
+        new = []
+        if job.index is not None:
+            # rows live when it began and dead now: deleted or replaced while it built
+            killed = [seg.uids[seg.live[: seg.view.count] & ~now[id(seg.index)].live[: seg.view.count]]
+                      for seg in job.inputs]
+            merged = Segment.of(job.name, job.index)
+            new.append(merged.without(np.sort(np.concatenate(killed))) if killed else merged)
+        new += [seg for seg in snap.segments if id(seg.index) not in merged_in]
+        obsolete = tuple(f for seg in job.inputs for f in seg.files())
         # Versions retired so far can be purged once no snapshot from before this is in use.
         through, purgeable = self._wal.last_seq, self._purgeable
         epoch = snap.epoch.close(lambda: purgeable.append(through))
-        self._snap = Snapshot(new, epoch)
-        del snap, parts_x, parts_u
-        self._checkpoint_locked(seal=uids.size >= self.policy.seal_rows, obsolete=obsolete)
+        seal = False
+        if job.index is not None:
+            if self._active is None:  # nothing written meanwhile: it grows on as the active one
+                self._active = job.index
+                seal = len(job.index) >= self.policy.seal_rows
+            else:
+                job.index.trim()
+                new[0] = replace(new[0], view=job.index.view())
+        self._snap = Snapshot(tuple(new), epoch)
+        del snap, now, job
+        self._checkpoint_locked(seal=seal, obsolete=obsolete)
 
     def flush(self) -> None:
         """Make every write so far durable (only needed with ``durability="batch"``)."""
@@ -582,13 +669,16 @@ class Collection:
             self._join_calibration()  # its result goes into the file below
             if checkpoint and not self.read_only and self._failed is None:
                 with self._writing("close"):
+                    self._finish_compaction(wait=True)
                     if self._logged_rows or self._pending is not None or \
                             (self._active is not None and self._snap.segments[-1].file is None):
-                        self._checkpoint_locked()
+                        full = self._active is not None and len(self._active) >= self.policy.seal_rows
+                        self._checkpoint_locked(seal=full)  # (the writer waits anyway)
                     self._wal.sync()
         finally:
-            if self._pending is not None:  # a failed collection: let its writing end first
-                self._pending.thread.join()
+            for job in (self._pending, self._compacting):  # a failed collection: let them end
+                if job is not None:
+                    job.thread.join()
             self._wal.close(sync=False)
             self._store.close()
 
