@@ -266,3 +266,24 @@ def test_writes_go_on_while_a_compaction_builds_and_none_of_them_is_lost_or_show
             for row in col.search(x[:900:7], k=20, ef=128):
                 ids = [h.id for h in row]
                 assert len(ids) == len(set(ids)) and not set(ids) & (set(range(200)) | set(range(250, 300)))
+
+
+def test_a_stale_default_beam_is_calibrated_beside_the_opener(tmp_path):
+    x = unit_rows(2000, 8)
+    with shoal.open(tmp_path / "db", policy=MANUAL) as db:
+        col = db.create_collection("c", dim=DIM)
+        col.upsert(list(range(2000)), x)
+        col._join_calibration()
+        index = col._snap.segments[-1].index
+        index._calibration = {**index.calibration, "count": 1000}  # as if it grew since
+        col.upsert([2000], x[:1])  # (a change to save)
+        col._join_calibration()
+        index._calibration = {**index.calibration, "count": 1000}
+        col.checkpoint()
+    with shoal.open(tmp_path / "db", policy=MANUAL) as db:
+        col = db.get_collection("c")
+        index = col._snap.segments[-1].index
+        assert col._calibrating is not None  # opening did not wait for it
+        assert [h.id for h in col.search(x[5], k=1)] == [5]  # the last calibration serves meanwhile
+        col._join_calibration()
+        assert index.calibration["count"] == 2001

@@ -266,7 +266,8 @@ class Collection:
             grows = not self.read_only and name == manifest.get("active")
             mmap = ("r+" if grows else True) if self.on_disk else False
             index = Index.load(os.path.join(self.path, name), mmap=mmap)
-            index.calibrate_if_stale()  # files from before calibration (or grown since): once
+            if index.calibration is None:  # a file from before calibration: once, now
+                index.calibrate_if_stale()
             segments.append(Segment.of(name, index))
         if manifest.get("active") is not None and (not segments or segments[-1].file != manifest["active"]):
             raise CorruptIndexError(f"{self.path}: the manifest's active segment is not its last")
@@ -318,6 +319,7 @@ class Collection:
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
         if writer:
             self._store.purge(2**62)  # no snapshot of this process shows a retired version
+        self._calibrate_opened()
 
     def _new_index(self) -> Index:
         seed, vectors_file = self._next_uid, None  # (on disk as in RAM: the same graph)
@@ -441,6 +443,16 @@ class Collection:
             killed = np.sort(killed)
             segments = [seg.without(killed) for seg in segments]
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
+
+    def _calibrate_opened(self) -> None:
+        """Calibrate, on a thread of its own, the segments whose default beam is stale as
+        opened (grown since their last calibration): their last one serves until then
+        (about 4 s per million rows each, which opening used to wait for)."""
+        tasks = [task for task in (seg.index.calibration_task() for seg in self._snap.segments) if task]
+        if tasks:
+            self._calibrating = threading.Thread(target=lambda: [task() for task in tasks], daemon=True,
+                                                 name=f"shoal-calibrate-{self.name}")
+            self._calibrating.start()
 
     def _calibrate_later(self) -> None:
         """Keep the active segment's default beam calibrated (readers never pay for it): when
