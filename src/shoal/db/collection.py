@@ -43,7 +43,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numba
@@ -51,6 +51,7 @@ import numpy as np
 
 from shoal.db import contract
 from shoal.db import manifest as manifest_file
+from shoal.db.jobs import Checkpoint, Compaction
 from shoal.db.payloads import Key, PayloadStore, loads
 from shoal.db.policy import DEFAULT_POLICY, Policy
 from shoal.db.records import DELETE, UPSERT, decode_delete, decode_upsert, encode_delete, encode_upsert
@@ -97,69 +98,6 @@ def _is_io_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 10) & 0xFF) in _SQLITE_IO
 
 
-@dataclass
-class _Checkpoint:
-    """A checkpoint in progress: begun under the writer lock, its segment written (on a thread
-    of its own, or not), ended under the lock (``Collection._checkpoint_locked``)."""
-
-    seq: int               # the last log record it covers
-    logged: int            # rows logged up to then
-    seal: bool
-    doomed: list[str]      # files to remove once the manifest no longer names them
-    name: str | None = None                # the new segment file, if the segment changed
-    index: Index | None = None
-    before: list[str] = field(default_factory=list)  # the segment's files before
-    state: tuple | None = None             # Index.saved_state, until written
-    thread: threading.Thread | None = None
-    error: BaseException | None = None
-    times: dict = field(default_factory=dict)  # seconds: "begin" (the writer stopped), "write"
-
-    def write(self, directory: str) -> None:
-        """Append the new rows to the row files and write the segment file (an error is
-        kept for the writer to raise when it ends the checkpoint)."""
-        t = time.perf_counter()
-        try:
-            if self.state is not None:
-                self.index.write_state(os.path.join(directory, self.name), self.state, split=True)
-        except BaseException as exc:  # noqa: BLE001 - raised again by _end_checkpoint
-            self.error = exc
-        finally:
-            self.state = None
-            self.times["write"] = time.perf_counter() - t
-
-
-@dataclass
-class _Compaction:
-    """A compaction in progress: begun under the writer lock, its merged segment built and
-    saved on a thread of its own, ended under the lock (``Collection._finish_compaction``)."""
-
-    inputs: tuple[Segment, ...]   # the segments it merges, as they were when it began
-    index: Index | None = None    # the merged segment (None: no live rows)
-    name: str | None = None       # its file
-    thread: threading.Thread | None = None
-    error: BaseException | None = None
-
-    def build(self, directory: str) -> None:
-        """Link the inputs' live rows (in row-id order) into the merged index and save it
-        (an error is kept for the writer to raise when it ends the compaction)."""
-        try:
-            if self.index is None:
-                return
-            parts_x, parts_u = [], []
-            for seg in self.inputs:
-                nodes = seg.live_nodes()
-                parts_x.append(seg.view.vectors[nodes])
-                parts_u.append(seg.uids[nodes])
-            uids = np.concatenate(parts_u)
-            order = np.argsort(uids, kind="stable")
-            self.index.add(np.concatenate(parts_x)[order], ids=uids[order])
-            del parts_x
-            self.index.calibrate_if_stale()
-            self.index.save(os.path.join(directory, self.name), calibrate=False, split=True)
-        except BaseException as exc:  # noqa: BLE001 - raised again by _finish_compaction
-            self.error = exc
-
-
 class Collection:
     """A named collection in a ``shoal.Database``; get one with ``db.create_collection`` or
     ``db.get_collection``, not by calling this class."""
@@ -176,9 +114,9 @@ class Collection:
         self.policy = policy
         self._write_lock = threading.Lock()
         self._calibrating: threading.Thread | None = None
-        self._pending: _Checkpoint | None = None  # a checkpoint writing its segment
+        self._pending: Checkpoint | None = None  # a checkpoint writing its segment
         self._seal_ready = False  # the active segment is full and was saved once since
-        self._compacting: _Compaction | None = None  # a compaction building its segment
+        self._compacting: Compaction | None = None  # a compaction building its segment
         self._checkpoints: list[dict] = []  # the last CHECKPOINT_HISTORY checkpoints' timings
         self._failed: BaseException | None = None
         self._purgeable: list[int] = []  # log positions up to which retired versions may go
@@ -517,12 +455,12 @@ class Collection:
             job.write(self.path)
             self._end_checkpoint(job)
 
-    def _begin_checkpoint(self, seal: bool, obsolete: tuple[str, ...]) -> "_Checkpoint":
+    def _begin_checkpoint(self, seal: bool, obsolete: tuple[str, ...]) -> "Checkpoint":
         """The part of a checkpoint that must stop the writer: make the active segment's
         graph whole (``repair``), take its state (its links copied: about 130 bytes a row,
         a memory copy), and make the payload store durable through the last log record."""
         t = time.perf_counter()
-        job = _Checkpoint(self._wal.last_seq, self._logged_rows, seal, list(obsolete))
+        job = Checkpoint(self._wal.last_seq, self._logged_rows, seal, list(obsolete))
         segments = list(self._snap.segments)
         self._seal_ready = not seal and self._active is not None and len(self._active) >= self.policy.seal_rows
         if self._active is not None and (segments[-1].file is None or self._logged_rows):
@@ -549,7 +487,7 @@ class Collection:
         self._pending = None
         self._end_checkpoint(job)
 
-    def _end_checkpoint(self, job: "_Checkpoint") -> None:
+    def _end_checkpoint(self, job: "Checkpoint") -> None:
         """Name the written segment in a new manifest, start the log after the checkpoint's
         last record (keeping the records written since), remove the files no longer named."""
         if job.error is not None:
@@ -607,14 +545,14 @@ class Collection:
         with self._writing("compact"):
             self._finish_compaction(wait=True)
 
-    def _start_compaction(self) -> "_Compaction":
+    def _start_compaction(self) -> "Compaction":
         """Begin a compaction (writer lock held): seal the active segment, so that every
         segment it merges is immutable (but for tombstones), and build the merged segment on
         a thread of its own; writes go on into a new active segment meanwhile."""
         self._finish_checkpoint(wait=True)
         if self._active is not None:
             self._checkpoint_locked(seal=True)
-        job = _Compaction(self._snap.segments)
+        job = Compaction(self._snap.segments)
         if self._snap.live_count:
             job.index = self._new_index()
             job.name = f"seg-{self._next_segment:06d}.shoal"
