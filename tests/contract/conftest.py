@@ -34,13 +34,14 @@ class Backend:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
             self.sray = sray
 
-    def create(self, dim: int = 8, metric: str = "l2"):
+    def create(self, dim: int = 8, metric: str = "l2", **options):
         name = f"c{next(_names)}"
         if self.kind == "sharded":
-            col = self.sray.create_collection(name, dim=dim, metric=metric, shards=2, path=str(self.root))
+            col = self.sray.create_collection(name, dim=dim, metric=metric, shards=2, path=str(self.root),
+                                              **options)
             self._open.append(col)
             return col
-        return self.db.create_collection(name, dim=dim, metric=metric)
+        return self.db.create_collection(name, dim=dim, metric=metric, **options)
 
     def close(self) -> None:
         if self.kind == "embedded":

@@ -87,6 +87,20 @@ def test_bad_input_raises_the_same_typed_errors_and_changes_nothing(backend):
     assert col.count() == 1 and col.get([7])[0]["payload"] == {"a": 1}
 
 
+def test_vectors_on_disk_behave_as_in_ram_everywhere(backend):
+    with pytest.raises(TypeError, match="on_disk"):
+        backend.create(on_disk="yes")
+    col = backend.create(on_disk=True)
+    assert col.config["on_disk"] is True  # it reached the collection (the server, the shards)
+    x = vectors(60, seed=4)
+    col.upsert(list(range(60)), x, [{"i": i} for i in range(60)])
+    assert [row[0].id for row in col.search(x, k=1, ef=64)] == list(range(60))
+    got = col.get([7, 59])
+    np.testing.assert_array_equal(np.stack([g["vector"] for g in got]), x[[7, 59]])
+    col.delete([7])
+    assert col.count() == 59 and col.get([7]) == [None]
+
+
 def test_each_point_once_while_it_is_reupserted(backend):
     col = backend.create()
     x = vectors(20, seed=1)

@@ -109,3 +109,31 @@ def test_fresh_process_loads_and_answers(saved):
             "l, d = i.search(np.ones(16, np.float32), 5); print(len(i), l.shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["700", "(5,)"]
+
+
+def test_vectors_in_a_file_and_split_saves_answer_as_in_ram(tmp_path):
+    """``Index(vectors_file=)`` keeps rows in a mapped file; ``save(split=True)`` appends to row
+    files; ``load(mmap="r+")`` grows into them: the same answers as an index in RAM."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    q = rng.standard_normal((20, 32)).astype(np.float32)
+    ram = shoal.Index(32, "l2", seed=1)
+    disk = shoal.Index(32, "l2", seed=1, vectors_file=tmp_path / "rows.f32")
+    for index in (ram, disk):
+        index.add(x[:2000])
+    assert disk.stats()["vectors_on_disk"] and not ram.stats()["vectors_on_disk"]
+    np.testing.assert_array_equal(ram.search(q, 5, ef=64)[0], disk.search(q, 5, ef=64)[0])
+    disk.save(tmp_path / "a.shoal", split=True)
+    assert sorted(disk.external_files()) == ["a.u8", "rows.f32"]
+    again = shoal.Index.load(tmp_path / "a.shoal", mmap="r+")
+    for index in (ram, again):
+        index.add(x[2000:])
+    assert isinstance(again.view().vectors, np.memmap)  # grew into the file
+    np.testing.assert_array_equal(ram.search(q, 5, ef=64)[0], again.search(q, 5, ef=64)[0])
+    again.save(tmp_path / "b.shoal", split=True)
+    assert os.path.getsize(tmp_path / "rows.f32") >= 3000 * 32 * 4
+    last = shoal.Index.load(tmp_path / "b.shoal")
+    np.testing.assert_array_equal(last.get(np.arange(3000)), x)
+    ram.save(tmp_path / "plain.shoal")
+    with pytest.raises(shoal.InvalidArgumentError, match="split"):
+        shoal.Index.load(tmp_path / "plain.shoal", mmap="r+")
