@@ -39,6 +39,7 @@ from shoal.kernels.build import (
     link_batch,
     mark_reachable,
     merge_reverse,
+    nearest_peers,
     reverse_keys,
     unlinked_nodes,
     unreachable_nodes,
@@ -578,10 +579,7 @@ class Index:
                 scores = x @ x.T
             if self._metric == "l2":
                 scores = 2 * scores - (x * x).sum(axis=1)[None, :]
-            np.fill_diagonal(scores, -np.inf)
-            take = min(PEERS, len(nodes) - 1)
-            cols = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-            out[lo:lo + len(nodes), :take] = nodes[cols]
+            nearest_peers(scores, nodes, out[lo:lo + len(nodes)])
         return out
 
     def _repair_reachability(self, threads: int) -> int:

@@ -90,6 +90,15 @@ def _finite(value: Any, where: str) -> None:
             _finite(v, f"{where}[{i}]")
 
 
+def _all_finite(value: Any) -> bool:
+    """Whether ``_finite`` finds nothing to refuse in ``value``."""
+    try:
+        _finite(value, "")
+    except (InvalidArgumentError, InvalidTypeError):
+        return False
+    return True
+
+
 def _string_keys(value: dict) -> bool:
     """Whether every object key in ``value``, nested ones included, is a string (json.dumps
     would turn an int key into a string silently)."""
@@ -128,7 +137,14 @@ def encode_payloads(payloads: Any, n: int) -> list[str]:
             continue
         if not isinstance(p, dict):
             raise InvalidTypeError(f"payloads[{i}] must be a JSON object (dict) or None, got {type(p).__name__}")
-        try:
+        try:  # orjson refuses non-string keys, ints beyond 64 bits, lone surrogates, ...
+            text = orjson.dumps(p)
+            if b"null" not in text or _all_finite(p):  # ... but writes NaN as null
+                out.append(text.decode())
+                continue
+        except TypeError:
+            pass
+        try:  # ... which the standard library takes, or refuses too
             if _string_keys(p):
                 out.append(dumps(p))
                 continue
@@ -275,14 +291,13 @@ class PayloadStore:
         for field in fields:
             path = json_path(field, "field")
             only, extra = ("", []) if uids is None else (f" AND uid IN ({','.join('?' * len(uids))})", list(uids))
-            self._db.execute(
-                "INSERT INTO field_index SELECT ?, json_type(payload, ?), json_extract(payload, ?), uid "
-                f"FROM {table} WHERE json_type(payload, ?) NOT IN ('array', 'object'){only}",
-                [field, path, path, path, *extra])
+            # json_each at the path yields the value itself when it is a scalar (key NULL),
+            # its elements when an array (integer keys), its members when an object (text
+            # keys: not indexed): one pass over each payload for both cases.
             self._db.execute(
                 f"INSERT INTO field_index SELECT ?, e.type, e.value, uid FROM {table}, json_each({table}.payload, ?) AS e "
-                f"WHERE json_type(payload, ?) = 'array' AND e.type NOT IN ('array', 'object'){only}",
-                [field, path, path, *extra])
+                f"WHERE e.type NOT IN ('array', 'object') AND typeof(e.key) != 'text'{only}",
+                [field, path, *extra])
 
     def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str], seq: int | None = None) -> np.ndarray:
         """Store (key, uid, payload) rows, retiring the versions they replace; returns the

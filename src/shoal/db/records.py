@@ -16,6 +16,7 @@ import json
 import struct
 
 import numpy as np
+import orjson
 
 from shoal.db.payloads import Key
 from shoal.errors import CorruptIndexError
@@ -25,14 +26,22 @@ DELETE = 2
 
 
 def encode_upsert(uids: np.ndarray, keys: list[Key], payloads: list[str], x: np.ndarray) -> bytes:
-    head = json.dumps({"uids": uids.tolist(), "keys": keys, "payloads": payloads}).encode()
+    record = {"uids": uids.tolist(), "keys": keys, "payloads": payloads}
+    try:
+        head = orjson.dumps(record)
+    except TypeError:  # a key orjson refuses (a lone surrogate): the standard library escapes it
+        head = json.dumps(record).encode()
     return struct.pack("<I", len(head)) + head + x.astype("<f4").tobytes()
 
 
 def decode_upsert(blob: bytes, dim: int) -> tuple[np.ndarray, list[Key], list[str], np.ndarray]:
     try:
         (size,) = struct.unpack_from("<I", blob)
-        head = json.loads(blob[4:4 + size])
+        text = blob[4:4 + size]
+        try:
+            head = orjson.loads(text)
+        except ValueError:  # written by the standard library (see encode_upsert)
+            head = json.loads(text)
         x = np.frombuffer(blob, dtype="<f4", offset=4 + size).reshape(-1, dim).astype(np.float32)
         uids = np.array(head["uids"], np.int64)
         if not (uids.size == len(head["keys"]) == len(head["payloads"]) == x.shape[0]):

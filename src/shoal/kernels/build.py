@@ -108,6 +108,42 @@ def link_batch(vectors, levels, links0, deg0, links_up, deg_up, up_offset, batch
     return evals
 
 
+@njit(**KERNEL_PARALLEL)
+def nearest_peers(scores, nodes, out):
+    """For each row ``i`` of ``scores`` (b, b; larger is nearer), the ``nodes`` of its
+    ``out.shape[1]`` highest-scoring columns other than ``i`` itself, in any order, into
+    ``out[i]`` (as many as there are; the rest is left as it is)."""
+    b = scores.shape[0]
+    take = min(out.shape[1], b - 1)
+    for i in prange(b):
+        best_s = np.empty(take, np.float32)
+        best_j = np.empty(take, np.int64)
+        size = 0
+        worst = 0  # the slot holding the lowest kept score, once all are taken
+        for j in range(b):
+            if j == i:
+                continue
+            s = scores[i, j]
+            if size < take:
+                best_s[size] = s
+                best_j[size] = j
+                size += 1
+                if size == take:
+                    worst = 0
+                    for t in range(1, take):
+                        if best_s[t] < best_s[worst]:
+                            worst = t
+            elif s > best_s[worst]:
+                best_s[worst] = s
+                best_j[worst] = j
+                worst = 0
+                for t in range(1, take):
+                    if best_s[t] < best_s[worst]:
+                        worst = t
+        for t in range(size):
+            out[i, t] = nodes[best_j[t]]
+
+
 @njit(**KERNEL)
 def reverse_keys(links, degs, up_offset, levels, batch, level):
     """Sorted int64 keys ``target << 32 | source`` of the reverse edges on ``level`` of the
