@@ -182,7 +182,10 @@ def worker(spec: dict) -> dict:
         cps = stats["checkpoints"]
         out["checkpoints"] = {"count": len(cps), "rows": [c["rows"] for c in cps],
                               "stop_s_max": max((c["begin"] + c["end"] for c in cps), default=0.0),
-                              "write_s": [c.get("write", 0.0) for c in cps]}
+                              "write_s": [c.get("write", 0.0) for c in cps],
+                              # the parts of the longest stop: repair, SQLite's durable commit
+                              # and log copy (store), log restart (log)
+                              "longest": max(cps, key=lambda c: c["begin"] + c["end"], default=None)}
         out["rss_after_ingest"] = rss_parts()
         db.close()
         out["disk_bytes"] = sum(f.stat().st_blocks * 512 for f in Path(folder).rglob("*") if f.is_file())

@@ -287,3 +287,25 @@ def test_a_stale_default_beam_is_calibrated_beside_the_opener(tmp_path):
         assert [h.id for h in col.search(x[5], k=1)] == [5]  # the last calibration serves meanwhile
         col._join_calibration()
         assert index.calibration["count"] == 2001
+
+
+def test_a_long_append_is_synced_in_pieces_so_the_page_cache_never_holds_much_of_it(tmp_path, monkeypatch):
+    """A checkpoint's long writes are synced piece by piece (``files.SYNC_PIECE``): a small
+    fsync of the log on the writer's thread then waits for one piece at most, not for all."""
+    from shoal.storage.rows import RowFile
+
+    monkeypatch.setattr(files, "SYNC_PIECE", 4096)
+    events = []
+    previous = files.set_hook(lambda op, path, info: events.append((op, os.path.basename(path),
+                                                                     len(info.get("data", b"")))))
+    try:
+        rows = unit_rows(100, 9)  # 25,600 bytes: seven pieces
+        rf = RowFile(str(tmp_path / "seg.f32"))
+        rf.append(rows)
+    finally:
+        files.set_hook(previous)
+    ops = [(op, n) for op, name, n in events if name == "seg.f32" and op in ("write", "fsync")]
+    assert [n for op, n in ops if op == "write"] == [4096] * 6 + [1024]
+    # No two writes without a sync between them, and one at the end.
+    assert all(a[0] != b[0] for a, b in zip(ops, ops[1:])) and ops[-1][0] == "fsync"
+    assert np.array_equal(np.fromfile(tmp_path / "seg.f32", np.float32).reshape(100, DIM), rows)

@@ -465,6 +465,7 @@ class Collection:
         self._seal_ready = not seal and self._active is not None and len(self._active) >= self.policy.seal_rows
         if self._active is not None and (segments[-1].file is None or self._logged_rows):
             self._active.repair()
+            job.times["repair"] = time.perf_counter() - t
             job.name = f"seg-{self._next_segment:06d}.shoal"
             self._next_segment += 1
             job.index, job.before = self._active, segments[-1].files()
@@ -473,7 +474,9 @@ class Collection:
             # the repair may have written links: a fresh view
             segments[-1] = replace(segments[-1], view=self._active.view())
             self._snap = Snapshot(tuple(segments), self._snap.epoch)
+        t_store = time.perf_counter()
         self._store.checkpoint(job.seq)
+        job.times["store"] = time.perf_counter() - t_store
         job.times["begin"] = time.perf_counter() - t
         return job
 
@@ -510,7 +513,9 @@ class Collection:
         self._snap = Snapshot(tuple(segments), self._snap.epoch)
         if job.seal:
             self._active = None
+        t_log = time.perf_counter()
         self._wal.restart_after(job.seq)
+        job.times["log"] = time.perf_counter() - t_log
         self._logged_rows -= job.logged
         for name in doomed:
             files.unlink(os.path.join(self.path, name))
