@@ -65,6 +65,9 @@ FORMAT = manifest_file.FORMAT
 #: A full active segment is sealed after a checkpoint beside the writer, and at the latest
 #: when it holds this many times ``Policy.seal_rows``.
 SEAL_SLACK = 1.25
+#: The active segment's vectors and codes in RAM take room for the rows it may reach at once
+#: (``Index.row_reserve``: unwritten room holds no memory), up to this many bytes of vectors.
+RESERVE_BYTES = 4 << 30
 #: Results of at most this many rows are turned into ids in plain Python (``_rows``).
 SMALL_RESULT = 256
 #: ``stats()["checkpoints"]`` keeps the timings of this many of the last checkpoints.
@@ -268,6 +271,7 @@ class Collection:
                       ef_construction=self.config["ef_construction"], seed=seed,
                       vectors_file=vectors_file)
         index.keep_codes = True  # it grows by many small batches: keep its construction codes
+        index.row_reserve = min(int(self.policy.seal_rows * SEAL_SLACK) + 1, RESERVE_BYTES // (4 * self.dim))
         return index
 
     # ------------------------------------------------------------------ writes
