@@ -33,10 +33,12 @@ b = start
 while True:
     x = np.random.default_rng(b).standard_normal((10, 16)).astype(np.float32)
     col.upsert([b * 10 + i for i in range(10)], x, [{"b": b, "i": i} for i in range(10)])
-    print("U", b, flush=True)              # acknowledged: in the fsynced log
+    # acknowledged: in the fsynced log (one write call: with PYTHONUNBUFFERED, print writes
+    # each piece apart and a kill between them left a line cut short)
+    sys.stdout.write(f"U {b}\n"); sys.stdout.flush()
     if b % 3 == 0 and b >= 2:
         col.delete(ids=[(b - 2) * 10 + i for i in range(10)])
-        print("D", b - 2, flush=True)
+        sys.stdout.write(f"D {b - 2}\n"); sys.stdout.flush()
     b += 1
 """
 
