@@ -23,6 +23,7 @@ import orjson
 from shoal import errors
 from shoal.db import contract
 from shoal.db.collection import Hit
+from shoal.embed import Embedding
 from shoal.index import DEFAULT_EF_CONSTRUCTION
 
 
@@ -76,16 +77,20 @@ class Client:
     def list_collections(self) -> list[str]:
         return self.request("GET", "/collections")["collections"]
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
-                          ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False) -> "RemoteCollection":
-        config = contract.prepare_create(name, dim, metric, m, ef_construction, on_disk)
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", *, m: int = 16,
+                          ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False,
+                          embedding: Any = None) -> "RemoteCollection":
+        """As ``shoal.Database.create_collection``; ``embedding`` runs here, in the client."""
+        emb, dim = contract.prepare_embedding(embedding, dim)
+        config = contract.prepare_create(name, dim, metric, m, ef_construction, on_disk, emb)
         info = self.request("PUT", f"/collections/{name}",
-                            {k: config[k] for k in ("dim", "metric", "m", "ef_construction", "on_disk")})
-        return RemoteCollection(self, info)
+                            {k: config[k] for k in ("dim", "metric", "m", "ef_construction", "on_disk", "embedding")})
+        return RemoteCollection(self, info, emb)
 
-    def get_collection(self, name: str) -> "RemoteCollection":
+    def get_collection(self, name: str, *, embedding: Any = None) -> "RemoteCollection":
         contract.prepare_name(name)
-        return RemoteCollection(self, self.request("GET", f"/collections/{name}"))
+        info = self.request("GET", f"/collections/{name}")
+        return RemoteCollection(self, info, contract.collection_embedding(info, embedding))
 
     def drop_collection(self, name: str) -> None:
         contract.prepare_name(name)
@@ -107,12 +112,15 @@ class Client:
 class RemoteCollection:
     """A collection on a shoal server, with ``shoal.Collection``'s methods."""
 
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+    def __init__(self, client: Client, info: dict[str, Any], embedding: Embedding | None = None) -> None:
         self._client = client
         self.name = info["name"]
         self.dim = int(info["dim"])
         self.metric = info["metric"]
-        self.config = {k: info[k] for k in ("name", "dim", "metric", "m", "ef_construction", "on_disk")}
+        self.config = {k: info.get(k) for k in ("name", "dim", "metric", "m", "ef_construction", "on_disk",
+                                                "embedding")}
+        #: Turns documents and text queries into vectors, in this process (``shoal.embed``).
+        self.embedding = embedding
         self._path = f"/collections/{self.name}"
 
     def _encoded(self, x: np.ndarray) -> dict[str, Any]:
@@ -120,12 +128,15 @@ class RemoteCollection:
             return {"vectors": x}
         return {"vectors_base64": base64.b64encode(x.astype("<f4").tobytes()).decode("ascii")}
 
-    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
-        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric)
+    def upsert(self, ids: Any, vectors: Any = None, payloads: Any = None, documents: Any = None) -> None:
+        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric, documents,
+                                           self.embedding, self.name)
         if not prepared.keys:
             return
         body = {"ids": prepared.keys, **self._encoded(prepared.vectors),
                 "payloads": [orjson.Fragment(t) for t in prepared.payloads]}
+        if prepared.documents is not None:
+            body["documents"] = prepared.documents
         self._client.request("PUT", f"{self._path}/points", body)
 
     def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
@@ -149,18 +160,28 @@ class RemoteCollection:
         flt = contract.prepare_filter(filter)
         return int(self._client.request("POST", f"{self._path}/points/count", {"filter": flt})["count"])
 
-    def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
-               with_payload: bool = True, with_vector: bool = False,
+    def search(self, queries: Any = None, k: int = 10, *, text: Any = None, mode: str | None = None,
+               filter: dict | None = None, ef: int | None = None, weights: Any = None,
+               with_payload: bool = True, with_vector: bool = False, with_document: bool = False,
                num_threads: int | None = None) -> list[Hit] | list[list[Hit]]:
-        """As ``shoal.Collection.search`` (``num_threads`` is the server's to choose)."""
-        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
-        body = {**({"vector": s.queries[0]} if s.one else self._encoded(s.queries)), "k": s.k, "ef": s.ef,
-                "filter": s.filter, "with_payload": bool(with_payload), "with_vector": bool(with_vector)}
+        """As ``shoal.Collection.search`` (texts are embedded here; ``num_threads`` is the
+        server's to choose)."""
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric, text=text, mode=mode,
+                                    weights=weights, embedding=self.embedding, collection=self.name)
+        body: dict[str, Any] = {"k": s.k, "ef": s.ef, "filter": s.filter, "mode": s.mode,
+                                "with_payload": bool(with_payload), "with_vector": bool(with_vector),
+                                "with_document": bool(with_document)}
+        if s.queries is not None:
+            body.update({"vector": s.queries[0]} if s.one else self._encoded(s.queries))
+        if s.mode != "vector":
+            body["text"] = s.texts[0] if s.one else s.texts
+        if s.mode == "hybrid":
+            body["weights"] = list(s.weights)
         got = self._client.request("POST", f"{self._path}/search", body)
         rows = [got["hits"]] if s.one else got["results"]
-        metric = self.metric
+        metric = contract.hit_metric(s.mode, self.metric)
         out = [[Hit(h["id"], h["distance"], metric, h.get("payload"),
-                    None if h.get("vector") is None else np.array(h["vector"], np.float32))
+                    None if h.get("vector") is None else np.array(h["vector"], np.float32), h.get("document"))
                 for h in row] for row in rows]
         return out[0] if s.one else out
 

@@ -93,3 +93,12 @@ class StorageError(ShoalError):
     is reopened, as PostgreSQL does after a failed fsync."""
 
     http_status = 503
+
+
+class EmbeddingError(InvalidArgumentError):
+    """An embedding function returned something other than one vector per text of the
+    collection's dimension, or a collection has no embedding function for texts."""
+
+
+class MissingExtraError(ShoalError, ImportError):
+    """A feature needs an optional extra that is not installed (the message names it)."""

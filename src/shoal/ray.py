@@ -31,6 +31,7 @@ from shoal.db import contract
 from shoal.db.collection import Hit
 from shoal.db.manifest import write_json
 from shoal.db.payloads import Key, loads
+from shoal.embed import Embedding
 from shoal.index import DEFAULT_EF_CONSTRUCTION
 from shoal.storage import files
 
@@ -101,8 +102,8 @@ class _Shard:
     def pid(self) -> int:
         return os.getpid()
 
-    def upsert(self, ids: list, vectors: np.ndarray, payloads: list) -> int:
-        self.col.upsert(ids, vectors, payloads)
+    def upsert(self, ids: list, vectors: np.ndarray, payloads: list, documents: list | None = None) -> int:
+        self.col.upsert(ids, vectors, payloads, documents)
         return len(ids)
 
     def delete(self, ids: list | None, flt: dict | None) -> int:
@@ -114,10 +115,12 @@ class _Shard:
     def get(self, ids: list, with_vector: bool) -> list:
         return self.col.get(ids, with_vector=with_vector)
 
-    def search_rows(self, queries: np.ndarray, k: int, flt: dict | None, ef: int | None,
-                    with_payload: bool, with_vector: bool) -> list:
-        return self.col.search_rows(queries, k, filter=flt, ef=ef, with_payload=with_payload,
-                                    with_vector=with_vector)
+    def search_rows(self, queries: np.ndarray | None, k: int, flt: dict | None, ef: int | None,
+                    with_payload: bool, with_vector: bool, texts: list[str] | None = None,
+                    mode: str = "vector", with_document: bool = False) -> list:
+        return self.col.search_rows(queries, k, text=texts, mode=mode, filter=flt, ef=ef,
+                                    with_payload=with_payload, with_vector=with_vector,
+                                    with_document=with_document)
 
     def timed(self, method: str, *args: Any) -> tuple[Any, float]:
         """(result, seconds inside this actor) of one of its methods (for cost models)."""
@@ -151,14 +154,17 @@ def _meta_path(path: str, name: str) -> str:
     return os.path.join(path, name, "sharded.json")
 
 
-def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: int, path: str,
+def create_collection(name: str, dim: int | None = None, metric: str = "cosine", *, shards: int, path: str,
                       m: int = 16, ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False,
-                      max_restarts: int = -1, num_cpus: float = 0, threads: int | None = None,
+                      embedding: Any = None, max_restarts: int = -1, num_cpus: float = 0,
+                      threads: int | None = None,
                       retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> "ShardedCollection":
     """Create a collection of ``shards`` shards under ``path``/``name`` (each shard in
     ``shard-NNN``, on the disk of the node its actor runs on). ``threads``: numba threads per
-    shard (default: the node's cores). ``on_disk`` as ``shoal.Database.create_collection``."""
-    config = {**contract.prepare_create(name, dim, metric, m, ef_construction, on_disk),
+    shard (default: the node's cores). ``on_disk`` and ``embedding`` as
+    ``shoal.Database.create_collection`` (texts are embedded in the driver)."""
+    emb, dim = contract.prepare_embedding(embedding, dim)
+    config = {**contract.prepare_create(name, dim, metric, m, ef_construction, on_disk, emb),
               "shards": _validate.positive_int(shards, "shards")}
     meta = _meta_path(os.fspath(path), name)
     if os.path.exists(meta):
@@ -168,13 +174,14 @@ def create_collection(name: str, dim: int, metric: str = "cosine", *, shards: in
         files.fsync_directory(os.path.dirname(os.path.dirname(meta)))
     write_json(meta, config)  # temp, fsync, rename, fsync of the directory
     return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
-                             threads=threads, retries=retries)
+                             threads=threads, retries=retries, embedding=emb)
 
 
-def open_collection(name: str, *, path: str, max_restarts: int = -1,
+def open_collection(name: str, *, path: str, embedding: Any = None, max_restarts: int = -1,
                     num_cpus: float = 0, threads: int | None = None,
                     retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> "ShardedCollection":
-    """Reattach to a sharded collection (after a restart of the driver or of Ray)."""
+    """Reattach to a sharded collection (after a restart of the driver or of Ray);
+    ``embedding`` as ``shoal.Database.get_collection``."""
     contract.prepare_name(name)
     try:
         with open(_meta_path(os.fspath(path), name), encoding="utf-8") as f:
@@ -182,15 +189,19 @@ def open_collection(name: str, *, path: str, max_restarts: int = -1,
     except FileNotFoundError:
         raise errors.CollectionNotFoundError(f"no sharded collection {name!r} at {path}") from None
     return ShardedCollection(os.fspath(path), config, max_restarts=max_restarts, num_cpus=num_cpus,
-                             threads=threads, retries=retries)
+                             threads=threads, retries=retries,
+                             embedding=contract.collection_embedding(config, embedding))
 
 
 class ShardedCollection:
     """A collection split over Ray actors by a hash of the id; ``shoal.Collection``'s methods."""
 
     def __init__(self, path: str, config: dict[str, Any], *, max_restarts: int, num_cpus: float,
-                 threads: int | None = None, retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S)) -> None:
+                 threads: int | None = None, retries: tuple[int, float] = (RETRIES, RETRY_WAIT_S),
+                 embedding: Embedding | None = None) -> None:
         self.path = path
+        #: Turns documents and text queries into vectors, in the driver (``shoal.embed``).
+        self.embedding = embedding
         self._retries, self._retry_wait_s = int(retries[0]), float(retries[1])
         self.config = config
         self.name = config["name"]
@@ -259,17 +270,20 @@ class ShardedCollection:
         return {s: order[bounds[s]:bounds[s + 1]].tolist() for s in range(self.shards)
                 if bounds[s + 1] > bounds[s]}
 
-    def _upsert_calls(self, ids: Any, vectors: Any, payloads: Any) -> dict[int, tuple[str, tuple]]:
-        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric)
-        keys, x = prepared.keys, prepared.vectors
+    def _upsert_calls(self, ids: Any, vectors: Any, payloads: Any,
+                      documents: Any = None) -> dict[int, tuple[str, tuple]]:
+        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric, documents,
+                                           self.embedding, self.name)
+        keys, x, docs = prepared.keys, prepared.vectors, prepared.documents
         pays = [None] * len(keys) if payloads is None else list(payloads)
-        return {s: ("upsert", ([keys[p] for p in pos], x[pos], [pays[p] for p in pos]))
+        return {s: ("upsert", ([keys[p] for p in pos], x[pos], [pays[p] for p in pos],
+                               None if docs is None else [docs[p] for p in pos]))
                 for s, pos in self._route(keys).items()}
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
+    def upsert(self, ids: Any, vectors: Any = None, payloads: Any = None, documents: Any = None) -> None:
         """Insert or replace points; returns once every shard has them in its fsynced log."""
-        self._gather(self._upsert_calls(ids, vectors, payloads))
+        self._gather(self._upsert_calls(ids, vectors, payloads, documents))
 
     def import_arrays(self, vectors: Any, ids: Any = None, payloads: Any = None, *,
                       batch_size: int = 10_000, progress: bool = True) -> int:
@@ -384,20 +398,35 @@ class ShardedCollection:
                 out[p] = rec
         return out
 
-    def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
-               with_payload: bool = True, with_vector: bool = False, num_threads: int | None = None,
-               allow_partial: bool = False) -> SearchResults:
+    def search(self, queries: Any = None, k: int = 10, *, text: Any = None, mode: str | None = None,
+               filter: dict | None = None, ef: int | None = None, weights: Any = None,
+               with_payload: bool = True, with_vector: bool = False, with_document: bool = False,
+               num_threads: int | None = None, allow_partial: bool = False) -> SearchResults:
         """Every shard answers the full ``k`` for the whole batch (one call each); the lists are
-        merged by distance."""
-        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
-        q, k, one = s.queries, s.k, s.one
-        args = (q, k, s.filter, s.ef, with_payload, with_vector)
-        got = self._gather({i: ("search_rows", args) for i in range(self.shards)}, allow_partial)
-        rows = [sorted((hit for part in got.values() for hit in part[r]), key=lambda h: h[1])[:k]
-                for r in range(q.shape[0])]
-        hits = [[Hit(key, d, self.metric, payload, vector) for key, d, payload, vector in row] for row in rows]
-        out = SearchResults(hits[0] if one else hits)
-        out.missing_shards = sorted(set(range(self.shards)) - set(got))
+        merged by distance. Hybrid: each shard answers both halves, merged half by half here
+        and fused (``contract.fuse``)."""
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric, text=text, mode=mode,
+                                    weights=weights, embedding=self.embedding, collection=self.name)
+        missing: set[int] = set()
+
+        def half(mode: str, k: int) -> list[list[tuple]]:
+            args = (s.queries if mode == "vector" else None, k, s.filter, s.ef, with_payload, with_vector,
+                    s.texts if mode == "keyword" else None, mode, with_document)
+            got = self._gather({i: ("search_rows", args) for i in range(self.shards)}, allow_partial)
+            missing.update(set(range(self.shards)) - set(got))
+            nq = len(s.texts) if s.queries is None else s.queries.shape[0]
+            return [sorted((hit for part in got.values() for hit in part[r]), key=lambda h: h[1])[:k]
+                    for r in range(nq)]
+
+        if s.mode == "hybrid":
+            n = contract.hybrid_candidates(s.k)
+            rows = contract.fuse(half("vector", n), half("keyword", n), s.k, s.weights)
+        else:
+            rows = half(s.mode, s.k)
+        metric = contract.hit_metric(s.mode, self.metric)
+        hits = [[Hit(key, d, metric, payload, vector, doc) for key, d, payload, vector, doc in row] for row in rows]
+        out = SearchResults(hits[0] if s.one else hits)
+        out.missing_shards = sorted(missing)
         return out
 
     def stats(self) -> dict[str, Any]:

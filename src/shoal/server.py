@@ -40,8 +40,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoal import errors
+from shoal.db import contract
 from shoal.db.contract import LIMITS, NAME
 from shoal.db.database import Database, check_name, open_database
+from shoal.embed import recorded as recorded_embedding
 from shoal.index import DEFAULT_EF_CONSTRUCTION
 
 #: Request bodies larger than this get 413 (1,000 queries of 1,536 floats fit).
@@ -61,6 +63,10 @@ class CreateCollection(_Model):
     m: int = Field(16, ge=2, le=LIMITS.max_m)
     ef_construction: int = Field(DEFAULT_EF_CONSTRUCTION, ge=1, le=LIMITS.max_ef_construction)
     on_disk: bool = False
+    embedding: Optional[Literal["default", "custom"]] = Field(
+        None, description="what turns the collection's texts into vectors, recorded for clients: "
+                          "'default' (all-MiniLM-L6-v2, which this server also runs for a search "
+                          "or upsert that sends text without vectors) or 'custom' (the client's own)")
 
 
 class CollectionInfo(BaseModel):
@@ -70,6 +76,7 @@ class CollectionInfo(BaseModel):
     m: int
     ef_construction: int
     on_disk: bool
+    embedding: Optional[str] = None
     count: int
     rows: int
     deleted_rows: int
@@ -91,6 +98,9 @@ class UpsertPoints(_Model):
     vectors: Optional[list[list[float]]] = None
     vectors_base64: Optional[str] = Field(None, description=_B64_DOC)
     payloads: Optional[list[Optional[dict[str, Any]]]] = None
+    documents: Optional[list[Optional[str]]] = Field(
+        None, description="a text per point (null: none), kept with it and indexed for keyword "
+                          "search; embedded when no vectors are sent")
 
 
 class GetPoints(_Model):
@@ -101,6 +111,7 @@ class GetPoints(_Model):
 class Point(BaseModel):
     id: Key
     payload: dict[str, Any]
+    document: Optional[str] = None
     vector: Optional[list[float]] = None
 
 
@@ -133,11 +144,18 @@ class Search(_Model):
     vector: Optional[list[float]] = None
     vectors: Optional[list[list[float]]] = Field(None, max_length=10_000)
     vectors_base64: Optional[str] = Field(None, description=_B64_DOC)
+    text: Optional[Union[str, list[str]]] = Field(
+        None, description="the query as text (a list: a batch): embedded for mode 'vector', "
+                          "matched against the documents for 'keyword' and 'hybrid'")
+    mode: Optional[Literal["vector", "keyword", "hybrid"]] = None
+    weights: Optional[list[float]] = Field(None, min_length=2, max_length=2,
+                                           description="hybrid: (vector, keyword) weights of the fusion")
     k: int = Field(10, ge=1, le=LIMITS.max_k)
     ef: Optional[int] = Field(None, ge=1, le=LIMITS.max_ef)
     filter: Optional[dict[str, Any]] = None
     with_payload: bool = True
     with_vector: bool = False
+    with_document: bool = False
 
 
 class ScanRequest(_Model):
@@ -158,6 +176,7 @@ class HitModel(BaseModel):
     distance: float
     payload: Optional[dict[str, Any]] = None
     vector: Optional[list[float]] = None
+    document: Optional[str] = None
 
 
 class SearchResult(BaseModel):
@@ -308,7 +327,8 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
     @app.put("/collections/{name}", response_model=CollectionInfo, dependencies=writer)
     def create_collection(name: Name, body: CreateCollection) -> Any:
         col = db.create_collection(check_name(name), body.dim, body.metric, m=body.m,
-                                   ef_construction=body.ef_construction, on_disk=body.on_disk)
+                                   ef_construction=body.ef_construction, on_disk=body.on_disk,
+                                   embedding=recorded_embedding(body.embedding, body.dim))
         return _info(col)
 
     @app.get("/collections/{name}", response_model=CollectionInfo, dependencies=reader)
@@ -324,7 +344,8 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
              openapi_extra=_UPSERT_DOC)
     def upsert(name: Name, body: UpsertPoints = Depends(_UPSERT_BODY)) -> Any:
         col = db.get_collection(name)
-        col.upsert(body.ids, _vectors(body, col.dim), body.payloads)
+        vectors = None if body.vectors is None and body.vectors_base64 is None else _vectors(body, col.dim)
+        col.upsert(body.ids, vectors, body.payloads, body.documents)
         return {"upserted": len(body.ids)}
 
     @app.post("/collections/{name}/points/get", response_model=Points, dependencies=reader)
@@ -346,21 +367,27 @@ def create_app(db: Database, *, api_key: str | None = None, read_only_api_key: s
     @app.post("/collections/{name}/search", response_model=SearchResult, dependencies=reader,
               openapi_extra=_SEARCH_DOC)
     def search(name: Name, body: Search = Depends(_SEARCH_BODY)) -> Any:
-        if sum(v is not None for v in (body.vector, body.vectors, body.vectors_base64)) != 1:
-            raise errors.InvalidArgumentError("search takes vector, vectors or vectors_base64 (exactly one)")
+        given = sum(v is not None for v in (body.vector, body.vectors, body.vectors_base64))
+        if given > 1 or (given == 0 and body.text is None):
+            raise errors.InvalidArgumentError("search takes vector, vectors or vectors_base64 (at most "
+                                              "one), or text")
         col = db.get_collection(name)
-        batch = body.vector is None
-        with np.errstate(over="ignore"):  # out of float32 range: inf, refused as not finite
-            queries = _vectors(body, col.dim) if batch else np.array(body.vector, np.float32)
-        rows = col.search_rows(queries, body.k, filter=body.filter, ef=body.ef,
-                               with_payload=body.with_payload, with_vector=body.with_vector,
+        queries = None
+        if given:
+            with np.errstate(over="ignore"):  # out of float32 range: inf, refused as not finite
+                queries = np.array(body.vector, np.float32) if body.vector is not None else _vectors(body, col.dim)
+        one = body.vector is not None if given else isinstance(body.text, str)
+        rows = col.search_rows(queries, body.k, text=body.text, mode=body.mode, filter=body.filter,
+                               ef=body.ef, weights=body.weights, with_payload=body.with_payload,
+                               with_vector=body.with_vector, with_document=body.with_document,
                                payload_text=True)
-        sign, offset = (-1.0, 0.0) if col.metric == "l2" else (-1.0, 1.0)  # Hit.score
+        metric = contract.hit_metric(body.mode or "vector", col.metric)
+        sign, offset = (-1.0, 1.0) if metric in ("cosine", "ip") else (-1.0, 0.0)  # Hit.score
         frag = orjson.Fragment  # payloads go out as the JSON text they are stored as
         out = [[{"id": key, "score": offset + sign * d, "distance": d,
-                 "payload": None if payload is None else frag(payload), "vector": vector}
-                for key, d, payload, vector in row] for row in rows]
-        return _json({"results": out} if batch else {"hits": out[0]})
+                 "payload": None if payload is None else frag(payload), "vector": vector, "document": doc}
+                for key, d, payload, vector, doc in row] for row in rows]
+        return _json({"hits": out[0]} if one else {"results": out})
 
     @app.post("/collections/{name}/points/scan", response_model=ScanPage, dependencies=reader)
     def scan_points(name: Name, body: ScanRequest) -> Any:
@@ -418,6 +445,7 @@ def _info(col: Any) -> dict[str, Any]:
     stats = col.stats()
     return {"name": col.name, "dim": col.dim, "metric": col.metric, "m": col.config["m"],
             "ef_construction": col.config["ef_construction"], "on_disk": col.config.get("on_disk", False),
+            "embedding": col.config.get("embedding"),
             "count": stats["count"],
             "rows": stats["rows"], "deleted_rows": stats["deleted_rows"],
             "segments": stats["segments"], "log_records": stats["log_records"],

@@ -63,7 +63,9 @@ def test_request_validation_names_the_field(live_server):
         r = http.post("/collections/c/search", json={"vectors_base64": "AAAAAAAAAAA="})  # 8 bytes
         assert r.status_code == 400 and r.json()["error"]["type"] == "DimensionMismatchError"
         r = http.post("/collections/c/search", json={"vector": [1, 0, 0], "vectors": [[1, 0, 0]]})
-        assert r.status_code == 400 and "exactly one" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "at most one" in r.json()["error"]["message"]
+        r = http.post("/collections/c/search", json={"k": 1})  # neither vectors nor text
+        assert r.status_code == 400 and "or text" in r.json()["error"]["message"]
         r = http.post("/collections/c/search", json={"vector": [1, 0, 0], "filter": {"a": {"$x": 1}}})
         assert r.status_code == 400 and r.json()["error"]["type"] == "FilterError"
         assert http.get("/collections/..%2F..%2Fetc").status_code in (404, 422)

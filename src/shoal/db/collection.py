@@ -56,6 +56,7 @@ from shoal.db.payloads import Key, PayloadStore, loads
 from shoal.db.policy import DEFAULT_POLICY, Policy
 from shoal.db.records import DELETE, UPSERT, decode_delete, decode_upsert, encode_delete, encode_upsert
 from shoal.db.snapshot import Epoch, Segment, Snapshot, merge_top_k
+from shoal.embed import Embedding
 from shoal.errors import CorruptIndexError, InvalidArgumentError, ReadOnlyError, StorageError
 from shoal.index import Index
 from shoal.storage import files
@@ -84,10 +85,14 @@ class Hit(NamedTuple):
     metric: str
     payload: dict | None = None
     vector: np.ndarray | None = None
+    document: str | None = None
 
     @property
     def score(self) -> float:
-        return -self.distance if self.metric == "l2" else 1.0 - self.distance
+        """Higher is better: cosine similarity or inner product; minus the squared distance
+        (l2); the BM25 score (``metric`` "bm25", keyword search); the fused score ("rrf",
+        hybrid search)."""
+        return 1.0 - self.distance if self.metric in ("cosine", "ip") else -self.distance
 
 
 #: SQLite's primary result codes that mean the disk failed (READONLY, IOERR, CORRUPT, FULL,
@@ -133,6 +138,8 @@ class Collection:
         self.dim = int(config["dim"])
         self.metric = config["metric"]
         self.on_disk = bool(config.get("on_disk", False))
+        #: Turns documents and text queries into vectors (``shoal.embed``; set by the database).
+        self.embedding: Embedding | None = None
         self._index_metric = "ip" if self.metric == "cosine" else self.metric
         self._store = PayloadStore(os.path.join(path, "payloads.sqlite"), read_only=read_only)
         try:
@@ -239,9 +246,9 @@ class Collection:
             if through is not None and rec.seq > through:
                 break
             if rec.kind == UPSERT:
-                uids, keys, payloads, x = decode_upsert(rec.payload, self.dim)
+                uids, keys, payloads, x, documents = decode_upsert(rec.payload, self.dim)
                 if writer and rec.seq > applied:
-                    self._store.upsert(keys, uids, payloads, rec.seq)
+                    self._store.upsert(keys, uids, payloads, rec.seq, documents)
                 self._remember_int_keys(uids, keys)
                 self._publish(uids, x, np.zeros(0, np.int64))
                 self._next_uid = max(self._next_uid, int(uids.max()) + 1)
@@ -296,20 +303,22 @@ class Collection:
                                        f"({exc}); it refuses writes until it is reopened") from exc
                 raise
 
-    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> None:
+    def upsert(self, ids: Any, vectors: Any = None, payloads: Any = None, documents: Any = None) -> None:
         """Insert or replace points: ids (ints or strings), vectors (n, dim), payloads (JSON
-        objects or None). Durable when it returns (``durability="sync"``)."""
+        objects or None), documents (strings or None; without vectors, embedded by the
+        collection's ``embedding``). Durable when it returns (``durability="sync"``)."""
         self._check_writable()
-        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric)
-        keys, texts = prepared.keys, prepared.payloads
+        prepared = contract.prepare_upsert(ids, vectors, payloads, self.dim, self.metric, documents,
+                                           self.embedding, self.name)
+        keys, texts, docs = prepared.keys, prepared.payloads, prepared.documents
         if not keys:
             return
         x = prepared.unit()
         with self._writing("upsert"):
             uids = np.arange(self._next_uid, self._next_uid + len(keys), dtype=np.int64)
             self._next_uid += len(keys)  # reserved even if the log write fails
-            seq = self._wal.append(UPSERT, encode_upsert(uids, keys, texts, x), sync=self._sync)
-            replaced = self._store.upsert(keys, uids, texts, seq)
+            seq = self._wal.append(UPSERT, encode_upsert(uids, keys, texts, x, docs), sync=self._sync)
+            replaced = self._store.upsert(keys, uids, texts, seq, docs)
             self._remember_int_keys(uids, keys)
             self._publish(uids, x, replaced[replaced >= 0])
             self._maintain()
@@ -653,21 +662,27 @@ class Collection:
         return int(snap.live_among(self._store.uids_where(filter, retired=True)).size)
 
     def get(self, ids: Any, *, with_vector: bool = True) -> list[dict | None]:
-        """``{"id", "payload", "vector"}`` of each id, None where absent."""
+        """``{"id", "payload", "document", "vector"}`` of each id, None where absent."""
         keys = contract.prepare_keys(ids)
         snap = self._snap
         out: list[dict | None] = []
+        uids = []
         for key, versions in zip(keys, self._store.versions(keys)):
             rec = None
             for uid, payload in sorted(versions, reverse=True):  # newest first
                 found = snap.locate(uid)
                 if found is not None:
                     seg, node = found
-                    rec = {"id": key, "payload": loads(payload)}
+                    rec = {"id": key, "payload": loads(payload), "document": uid}
                     if with_vector:
                         rec["vector"] = seg.view.vectors[node].copy()
+                    uids.append(uid)
                     break
             out.append(rec)
+        docs = self._store.documents_of(np.array(uids, np.int64)) if uids else {}
+        for rec in out:
+            if rec is not None:
+                rec["document"] = docs.get(rec["document"])
         return out
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[Key], np.ndarray, list[dict]]]:
@@ -706,26 +721,52 @@ class Collection:
         more = uids.size == limit
         return [f[0] for f in found], vectors, [f[1] for f in found], int(uids[-1]) if more else None
 
-    def search(self, queries: Any, k: int = 10, *, filter: dict | None = None, ef: int | None = None,
-               with_payload: bool = True, with_vector: bool = False,
+    def search(self, queries: Any = None, k: int = 10, *, text: Any = None, mode: str | None = None,
+               filter: dict | None = None, ef: int | None = None, weights: Any = None,
+               with_payload: bool = True, with_vector: bool = False, with_document: bool = False,
                num_threads: int | None = None) -> list[Hit] | list[list[Hit]]:
-        """The ``k`` nearest points of one query (a list of ``Hit``) or of each query of a
-        batch (a list of lists), among the points matching ``filter``."""
-        rows = self.search_rows(queries, k, filter=filter, ef=ef, with_payload=with_payload,
-                                with_vector=with_vector, num_threads=num_threads)
-        metric, new = self.metric, tuple.__new__  # (Hit(...) costs twice as much per hit)
-        hits = [[new(Hit, (key, d, metric, payload, vector)) for key, d, payload, vector in row] for row in rows]
-        return hits[0] if np.ndim(queries) == 1 else hits
+        """The ``k`` best points for one query (a list of ``Hit``) or for each of a batch (a
+        list of lists), among the points matching ``filter``.
 
-    def search_rows(self, queries: Any, k: int = 10, *, filter: dict | None = None,
-                    ef: int | None = None, with_payload: bool = True, with_vector: bool = False,
+        ``queries``: vectors (one (dim,) or a batch (n, dim)); or ``text`` (a string, or a
+        list for a batch), embedded by the collection's ``embedding``. ``mode``: "vector"
+        (nearest by the metric, the default), "keyword" (BM25 over the documents, text only)
+        or "hybrid" (both, fused by reciprocal rank with ``weights`` (vector, keyword), 1 and
+        1 by default). ``with_document``: hits carry their document."""
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric, text=text, mode=mode,
+                                    weights=weights, embedding=self.embedding, collection=self.name)
+        rows = self._search(s, with_payload, with_vector, with_document, num_threads)
+        metric, new = contract.hit_metric(s.mode, self.metric), tuple.__new__  # (Hit(...): 2x the cost)
+        hits = [[new(Hit, (key, d, metric, payload, vector, doc)) for key, d, payload, vector, doc in row]
+                for row in rows]
+        return hits[0] if s.one else hits
+
+    def search_rows(self, queries: Any = None, k: int = 10, *, text: Any = None, mode: str | None = None,
+                    filter: dict | None = None, ef: int | None = None, weights: Any = None,
+                    with_payload: bool = True, with_vector: bool = False, with_document: bool = False,
                     num_threads: int | None = None, payload_text: bool = False) -> list[list[tuple]]:
-        """``search`` as plain tuples ``(id, distance, payload, vector)``, one list per query
-        (a 1-D query is a batch of one): for callers that serialise results (the server).
-        With ``payload_text`` payloads stay the JSON text they are stored as."""
-        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric)
-        q, k, ef = s.queries, s.k, s.ef  # ef None: each segment's calibrated default
+        """``search`` as plain tuples ``(id, distance, payload, vector, document)``, one list
+        per query (a single query is a batch of one): for callers that serialise results (the
+        server, shards). With ``payload_text`` payloads stay the JSON text they are stored as."""
+        s = contract.prepare_search(queries, k, ef, filter, self.dim, self.metric, text=text, mode=mode,
+                                    weights=weights, embedding=self.embedding, collection=self.name)
+        return self._search(s, with_payload, with_vector, with_document, num_threads, payload_text)
+
+    def _search(self, s: contract.Search, with_payload: bool, with_vector: bool, with_document: bool,
+                num_threads: int | None, payload_text: bool = False) -> list[list[tuple]]:
         snap = self._snap
+        want = (with_payload, with_vector, with_document, payload_text)
+        if s.mode == "vector":
+            return self._rows(snap, *self._nearest(snap, s.queries, s.k, s.ef, s.filter, num_threads), *want)
+        if s.mode == "keyword":
+            return self._rows(snap, *self._keyword(snap, s.texts, s.k, s.filter), *want)
+        n = contract.hybrid_candidates(s.k)
+        return contract.fuse(self._rows(snap, *self._nearest(snap, s.queries, n, s.ef, s.filter, num_threads), *want),
+                             self._rows(snap, *self._keyword(snap, s.texts, n, s.filter), *want), s.k, s.weights)
+
+    def _nearest(self, snap: Snapshot, q: np.ndarray, k: int, ef: int | None, filter: dict | None,
+                 num_threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids (nq, k) and distances of the nearest live rows matching ``filter``."""
         allowed = None if filter is None else self._store.uids_where(filter, retired=True)
         parts_u, parts_d = [], []
         for seg in snap.segments:
@@ -739,16 +780,36 @@ class Collection:
             uids, dists = seg.index.search_masked(q, k, ef, num_threads, mask, view=seg.view)
             parts_u.append(uids)
             parts_d.append(dists)
-        top_u, top_d = merge_top_k(parts_u, parts_d, q.shape[0], k)
-        return self._rows(snap, top_u, top_d, with_payload, with_vector, payload_text)
+        return merge_top_k(parts_u, parts_d, q.shape[0], k)
 
-    def _rows(self, snap: Snapshot, top_u, top_d, with_payload, with_vector,
+    def _keyword(self, snap: Snapshot, texts: list[str], k: int,
+                 filter: dict | None) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids (n, k) and minus the BM25 scores of the live rows whose documents best
+        match each text (the full-text index holds every version not yet purged: those this
+        snapshot does not show are passed over, asking for more until ``k`` are found)."""
+        top_u = np.full((len(texts), k), -1, np.int64)
+        top_d = np.full((len(texts), k), np.inf, np.float32)
+        for i, text in enumerate(texts):
+            limit = max(2 * k, 32)
+            while True:
+                uids, scores = self._store.keyword(text, limit, filter)
+                live = snap.live_mask(uids)
+                found = uids[live][:k]
+                if found.size == k or uids.size < limit:
+                    break
+                limit *= 4
+            top_u[i, :found.size] = found
+            top_d[i, :found.size] = -scores[live][:k]
+        return top_u, top_d
+
+    def _rows(self, snap: Snapshot, top_u, top_d, with_payload, with_vector, with_document=False,
               payload_text=False) -> list[list[tuple]]:
-        """(id, distance, payload, vector) of result row ids: integer keys come from memory,
-        string keys and payloads from the payload store."""
+        """(id, distance, payload, vector, document) of result row ids: integer keys come from
+        memory, string keys, payloads and documents from the payload store."""
         key_of, known = self._keys
         n = known.size
-        if top_u.size <= SMALL_RESULT and not with_payload and not with_vector:
+        plain = not (with_payload or with_vector or with_document)
+        if top_u.size <= SMALL_RESULT and plain:
             # a query or a few with integer ids: plain Python beats NumPy's per-call cost here
             rows = []
             for us, ds in zip(top_u.tolist(), top_d.tolist()):
@@ -758,7 +819,7 @@ class Collection:
                         continue
                     if u >= n or not known.item(u):
                         break
-                    row.append((key_of.item(u), d, None, None))
+                    row.append((key_of.item(u), d, None, None, None))
                 else:
                     rows.append(row)
                     continue
@@ -768,13 +829,14 @@ class Collection:
         # (np.minimum/np.maximum: np.clip costs 10-15 us on a 10-entry array)
         clipped = np.maximum(np.minimum(top_u, n - 1), 0)
         is_int = (top_u >= 0) & (top_u < n) & (known[clipped] == 1) if n else np.zeros(top_u.shape, bool)
-        if not with_payload and not with_vector and is_int.all():  # integer ids only: no SQLite
+        if plain and is_int.all():  # integer ids only: no SQLite
             keys = key_of[clipped].tolist()
-            return [[(key, d, None, None) for key, d in zip(ks, ds)]
+            return [[(key, d, None, None, None) for key, d in zip(ks, ds)]
                     for ks, ds in zip(keys, top_d.tolist())]
         lookup = top_u[(top_u >= 0) & (~is_int | with_payload)]
         info = self._store.keys_of(np.unique(lookup), payloads=with_payload, as_text=payload_text,
                                    retired=True) if lookup.size else {}
+        docs = self._store.documents_of(np.unique(top_u[top_u >= 0])) if with_document else {}
         int_keys = key_of[clipped].tolist() if n else None
         out = []
         for i, (us, ds) in enumerate(zip(top_u.tolist(), top_d.tolist())):
@@ -786,7 +848,7 @@ class Collection:
                     key, payload = int_keys[i][j], None
                 else:
                     key, payload = info[u]
-                row.append((key, d, payload, snap.vector_of(u) if with_vector else None))
+                row.append((key, d, payload, snap.vector_of(u) if with_vector else None, docs.get(u)))
             out.append(row)
         return out
 

@@ -115,18 +115,23 @@ class Database:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"{what} failed with an I/O error ({exc})") from exc
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, m: int = 16,
-                          ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False) -> Collection:
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", *, m: int = 16,
+                          ef_construction: int = DEFAULT_EF_CONSTRUCTION, on_disk: bool = False,
+                          embedding: Any = None) -> Collection:
         """Create an empty collection; ``CollectionExistsError`` if the name is taken. With
         ``on_disk`` its float32 vectors stay on disk, memory-mapped, and RAM holds the search
-        codes and links (a third of the bytes at 384-d): for collections larger than RAM."""
+        codes and links (a third of the bytes at 384-d): for collections larger than RAM.
+        ``embedding`` ("default", a callable or a LangChain ``Embeddings``; see
+        ``shoal.embed``) turns documents and text queries into vectors; ``dim`` defaults to
+        its dimension."""
+        emb, dim = contract.prepare_embedding(embedding, dim)
         with self._lock:
-            return self._create_locked(name, dim, metric, m, ef_construction, on_disk)
+            return self._create_locked(name, dim, metric, m, ef_construction, on_disk, emb)
 
     def _create_locked(self, name: str, dim: int, metric: str, m: int, ef_construction: int,
-                       on_disk: bool = False) -> Collection:
+                       on_disk: bool = False, embedding: Any = None) -> Collection:
         self._check_writable()
-        config = contract.prepare_create(name, dim, metric, m, ef_construction, on_disk)
+        config = contract.prepare_create(name, dim, metric, m, ef_construction, on_disk, embedding)
         path = self._dir(name)
         if os.path.exists(os.path.join(path, "manifest.json")):
             raise CollectionExistsError(f"collection {name!r} already exists")
@@ -134,15 +139,17 @@ class Database:
             if os.path.exists(path):  # the remains of a create from before format 2's manifest
                 files.rmtree(path)
             manifest_file.create(path, config)
-            return self._get_locked(name, path)
+            return self._get_locked(name, path, embedding)
 
-    def get_collection(self, name: str) -> Collection:
-        """An existing collection; ``CollectionNotFoundError`` (a ``KeyError``) if absent."""
+    def get_collection(self, name: str, *, embedding: Any = None) -> Collection:
+        """An existing collection; ``CollectionNotFoundError`` (a ``KeyError``) if absent.
+        ``embedding``: its embedding function, for one created with a function of the
+        caller's (one created with "default" gets the default model by itself)."""
         path = self._dir(name)
         with self._lock:
-            return self._get_locked(name, path)
+            return self._get_locked(name, path, embedding)
 
-    def _get_locked(self, name: str, path: str) -> Collection:
+    def _get_locked(self, name: str, path: str, embedding: Any = None) -> Collection:
         col = self._open.get(name)
         if col is not None and col.failed:  # an I/O error stopped it: reopening replays its log
             self._open.pop(name).close()
@@ -152,6 +159,8 @@ class Database:
                 raise CollectionNotFoundError(f"no collection named {name!r} (have: {self.list_collections()})")
             col = self._open[name] = Collection(path, read_only=self.read_only, durability=self.durability,
                                                 policy=self.policy, recover=self.recover)
+        if embedding is not None or col.embedding is None:
+            col.embedding = contract.collection_embedding(col.config, embedding)
         return col
 
     def drop_collection(self, name: str) -> None:

@@ -9,6 +9,7 @@ Grammar (a filter is a JSON object)::
                 | path: value                      same as {"$eq": value}
                 | path: { op: operand, ... }       every operator must hold
     path       := "key" or "key.sub.key"           dotted keys into nested objects
+                | "$document": { "$contains" | "$not_contains": text, ... }
     op         := "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" | "$in" | "$nin" | "$exists"
 
 Semantics, for the value ``x`` found at ``path`` in a payload:
@@ -21,6 +22,8 @@ Semantics, for the value ``x`` found at ``path`` in a payload:
   strings with strings (by code point), anything else does not match; arrays by any element.
 - ``$in [v, ...]``: ``$eq`` one of them; ``$nin``: none of them (a missing path matches).
 - ``$exists true|false``: the path is (is not) present (a JSON null counts as present).
+- ``$document``: the point's document holds (``$contains``) or does not hold
+  (``$not_contains``) ``text`` as typed (case included); a point without one holds nothing.
 
 A filter that breaks the grammar raises ``FilterError`` (a ``ValueError``) naming the place.
 ``compile_filter(f)`` returns ``(sql, params)``: a condition over a TEXT column ``payload``
@@ -76,10 +79,30 @@ def _filter(flt: Any, col: str, params: list[Any], where: str, depth: int,
             parts.append("(" + (" AND " if key == "$and" else " OR ").join(subs) + ")")
         elif key == "$not":
             parts.append(f"NOT ({_filter(value, col, params, here, depth + 1, indexed)})")
+        elif key == "$document":
+            parts.append(_document(value, params, here, indexed[1]))
         elif key.startswith("$"):
-            raise FilterError(f"{here}: unknown operator {key!r} (expected $and, $or, $not or a field)")
+            raise FilterError(f"{here}: unknown operator {key!r} (expected $and, $or, $not, $document "
+                              "or a field)")
         else:
             parts.append(_field(key, value, col, params, here, indexed[1] if key in indexed[0] else None))
+    return "(" + " AND ".join(parts) + ")"
+
+
+def _document(spec: Any, params: list[Any], where: str, uid: str) -> str:
+    """``{"$contains": text}`` / ``{"$not_contains": text}`` on the point's document (as
+    typed, case included; a point without a document contains nothing)."""
+    if not isinstance(spec, dict) or not spec:
+        raise FilterError(f"{where}: expected an object such as {{\"$contains\": \"text\"}}")
+    parts = []
+    for op, text in spec.items():
+        if op not in ("$contains", "$not_contains"):
+            raise FilterError(f"{where}.{op}: unknown operator (expected $contains or $not_contains)")
+        if not isinstance(text, str) or not text:
+            raise FilterError(f"{where}.{op}: expected a non-empty string")
+        params.append(text)
+        has = f"({uid} IN (SELECT uid FROM documents WHERE instr(document, ?) > 0))"
+        parts.append(has if op == "$contains" else f"NOT {has}")
     return "(" + " AND ".join(parts) + ")"
 
 

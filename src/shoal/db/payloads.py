@@ -46,6 +46,9 @@ from shoal.storage import files
 
 Key = int | str
 _CHUNK = 500  # SQLite's limit on bound parameters is 32766; stay well below it
+#: FTS5's tokenizer for documents: Unicode words, case and diacritics folded, English stems.
+TOKENIZER = "porter unicode61 remove_diacritics 2"
+_WORD = re.compile(r"\w+")
 
 
 def check_keys(keys: Any, name: str = "ids") -> list[Key]:
@@ -201,6 +204,17 @@ class PayloadStore:
                              "(field TEXT NOT NULL, type TEXT NOT NULL, value, uid INTEGER NOT NULL)")
             self._db.execute("CREATE INDEX IF NOT EXISTS field_index_value ON field_index (field, type, value)")
             self._db.execute("CREATE INDEX IF NOT EXISTS field_index_uid ON field_index (uid)")
+            # Documents: one row per version that has one (a version's document never changes),
+            # and a full-text index over them kept by triggers in the same transactions
+            # (FTS5, external content: the text is stored once).
+            self._db.execute("CREATE TABLE IF NOT EXISTS documents (uid INTEGER PRIMARY KEY, document TEXT NOT NULL)")
+            self._db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(document, "
+                             f"content='documents', content_rowid='uid', tokenize='{TOKENIZER}')")
+            self._db.execute("CREATE TRIGGER IF NOT EXISTS documents_insert AFTER INSERT ON documents BEGIN "
+                             "INSERT INTO documents_fts (rowid, document) VALUES (new.uid, new.document); END")
+            self._db.execute("CREATE TRIGGER IF NOT EXISTS documents_delete AFTER DELETE ON documents BEGIN "
+                             "INSERT INTO documents_fts (documents_fts, rowid, document) "
+                             "VALUES ('delete', old.uid, old.document); END")
             files.sqlite_committed(path, False)
             files.fsync_directory(os.path.dirname(os.path.abspath(path)))  # the new files' names
         self._local = threading.local()
@@ -209,6 +223,7 @@ class PayloadStore:
         tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._has_retired = "retired" in tables  # a read-only store from before format 3 has none
         self._has_meta = "meta" in tables
+        self._has_documents = "documents" in tables  # (nor one from before documents)
         self.indexed = frozenset(f for (f,) in self._db.execute("SELECT field FROM indexed_fields")) \
             if "indexed_fields" in tables else frozenset()
 
@@ -299,16 +314,22 @@ class PayloadStore:
                 f"WHERE e.type NOT IN ('array', 'object') AND typeof(e.key) != 'text'{only}",
                 [field, path, *extra])
 
-    def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str], seq: int | None = None) -> np.ndarray:
-        """Store (key, uid, payload) rows, retiring the versions they replace; returns the
-        replaced uids (-1 where the key was new). A uid already current (a replay) is left as
-        it is. ``seq``: the log record this applies (recorded as ``applied_seq``)."""
+    def upsert(self, keys: list[Key], uids: np.ndarray, payloads: list[str], seq: int | None = None,
+               documents: list[str | None] | None = None) -> np.ndarray:
+        """Store (key, uid, payload) rows and their ``documents`` (None: none), retiring the
+        versions they replace; returns the replaced uids (-1 where the key was new). A uid
+        already current (a replay) is left as it is. ``seq``: the log record this applies
+        (recorded as ``applied_seq``)."""
         old = self.uids_of(keys, for_write=True)
         rows = [(int(u), k, p) for k, u, p, o in zip(keys, uids, payloads, old) if o != u]
         gone = [int(o) for o, u in zip(old, uids) if o >= 0 and o != u]
+        docs = [] if documents is None else \
+            [(int(u), d) for u, d, o in zip(uids, documents, old) if d is not None and o != u]
         with self._transaction():
             self._retire(gone, seq)
             self._db.executemany("INSERT INTO points (uid, key, payload) VALUES (?, ?, ?)", rows)
+            if docs:
+                self._db.executemany("INSERT INTO documents (uid, document) VALUES (?, ?)", docs)
             if self.indexed:
                 new = [r[0] for r in rows]
                 for lo in range(0, len(new), _CHUNK):
@@ -341,6 +362,7 @@ class PayloadStore:
             doomed = [u for (u,) in self._db.execute("SELECT uid FROM retired WHERE seq <= ?", (int(through_seq),))]
             self._db.executemany("DELETE FROM retired WHERE uid = ?", [(u,) for u in doomed])
             self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(u,) for u in doomed])
+            self._db.executemany("DELETE FROM documents WHERE uid = ?", [(u,) for u in doomed])
         return len(doomed)
 
     def roll_back(self, last_seq: int, kept_uids: np.ndarray) -> int:
@@ -360,6 +382,7 @@ class PayloadStore:
         with self._transaction(durable=True):
             self._db.executemany("DELETE FROM points WHERE uid = ?", doomed)
             self._db.executemany("DELETE FROM field_index WHERE uid = ?", doomed)
+            self._db.executemany("DELETE FROM documents WHERE uid = ?", doomed)
             self._db.executemany("INSERT INTO points SELECT uid, key, payload FROM retired WHERE uid = ?",
                                  [(int(u),) for u in restore])
             self._db.executemany("DELETE FROM retired WHERE uid = ?", [(u,) for u in back])
@@ -434,6 +457,46 @@ class PayloadStore:
                 if not todo:
                     break
         return found
+
+    def documents_of(self, uids: np.ndarray) -> dict[int, str]:
+        """{uid: document} of the versions among ``uids`` that have one."""
+        found: dict[int, str] = {}
+        if not self._has_documents:
+            return found
+        todo = [int(u) for u in uids]
+        with self._read() as con:
+            for lo in range(0, len(todo), _CHUNK):
+                part = todo[lo:lo + _CHUNK]
+                marks = ",".join("?" * len(part))
+                found.update(con.execute(f"SELECT uid, document FROM documents WHERE uid IN ({marks})", part))
+        return found
+
+    def keyword(self, text: str, limit: int, flt: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``limit`` versions (current or retired: the caller keeps those its snapshot
+        shows) whose documents best match the words of ``text`` by BM25 (any word may match;
+        rarer words weigh more), among those matching ``flt``: uids int64 and scores float64
+        (higher is better), best first."""
+        words = _WORD.findall(text)
+        if not words or not self._has_documents:
+            return np.zeros(0, np.int64), np.zeros(0)
+        query = " OR ".join(f'"{w}"' for w in words)  # each word quoted: no FTS5 syntax from users
+        sql = ("SELECT rowid, -bm25(documents_fts) FROM documents_fts WHERE documents_fts MATCH ?")
+        params: list[Any] = [query]
+        if flt is not None:
+            parts = []
+            for table in self._tables(True):
+                cond, args = compile_filter(flt, indexed=self.indexed, uid="uid" if table == "points" else "+uid")
+                parts.append(f"SELECT uid FROM {table} WHERE {cond}")
+                params += args
+            sql += f" AND rowid IN ({' UNION ALL '.join(parts)})"
+        sql += " ORDER BY bm25(documents_fts), rowid LIMIT ?"
+        params.append(int(limit))
+        with self._read() as con:
+            rows = con.execute(sql, params).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros(0)
+        uids, scores = zip(*rows)
+        return np.array(uids, np.int64), np.array(scores, np.float64)
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(uids, keys) int64 of every version (retired ones too) whose key is an integer."""

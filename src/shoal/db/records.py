@@ -2,8 +2,9 @@
 
 ``UPSERT`` (kind 1)::
 
-    uint32 N, N bytes of JSON {"uids": [...], "keys": [...], "payloads": [JSON texts]},
-    then the vectors as little-endian float32 (rows, dim), already normalised for cosine
+    uint32 N, N bytes of JSON {"uids": [...], "keys": [...], "payloads": [JSON texts],
+    "documents": [text or null] (only when some row has one)}, then the vectors as
+    little-endian float32 (rows, dim), already normalised for cosine
 
 ``DELETE`` (kind 2): the deleted row ids as little-endian int64.
 
@@ -25,8 +26,11 @@ UPSERT = 1
 DELETE = 2
 
 
-def encode_upsert(uids: np.ndarray, keys: list[Key], payloads: list[str], x: np.ndarray) -> bytes:
+def encode_upsert(uids: np.ndarray, keys: list[Key], payloads: list[str], x: np.ndarray,
+                  documents: list[str | None] | None = None) -> bytes:
     record = {"uids": uids.tolist(), "keys": keys, "payloads": payloads}
+    if documents is not None:
+        record["documents"] = documents
     try:
         head = orjson.dumps(record)
     except TypeError:  # a key orjson refuses (a lone surrogate): the standard library escapes it
@@ -34,7 +38,8 @@ def encode_upsert(uids: np.ndarray, keys: list[Key], payloads: list[str], x: np.
     return struct.pack("<I", len(head)) + head + x.astype("<f4").tobytes()
 
 
-def decode_upsert(blob: bytes, dim: int) -> tuple[np.ndarray, list[Key], list[str], np.ndarray]:
+def decode_upsert(blob: bytes, dim: int) -> tuple[np.ndarray, list[Key], list[str], np.ndarray,
+                                                  list[str | None] | None]:
     try:
         (size,) = struct.unpack_from("<I", blob)
         text = blob[4:4 + size]
@@ -44,11 +49,13 @@ def decode_upsert(blob: bytes, dim: int) -> tuple[np.ndarray, list[Key], list[st
             head = json.loads(text)
         x = np.frombuffer(blob, dtype="<f4", offset=4 + size).reshape(-1, dim).astype(np.float32)
         uids = np.array(head["uids"], np.int64)
-        if not (uids.size == len(head["keys"]) == len(head["payloads"]) == x.shape[0]):
-            raise ValueError("uids, keys, payloads and vectors differ in length")
+        documents = head.get("documents")
+        if not (uids.size == len(head["keys"]) == len(head["payloads"]) == x.shape[0]) or (
+                documents is not None and len(documents) != uids.size):
+            raise ValueError("uids, keys, payloads, documents and vectors differ in length")
     except (ValueError, KeyError, struct.error) as exc:  # a CRC-valid record that does not decode
         raise CorruptIndexError(f"a log record does not decode as an upsert: {exc}") from None
-    return uids, head["keys"], head["payloads"], x
+    return uids, head["keys"], head["payloads"], x, documents
 
 
 def encode_delete(uids: np.ndarray) -> bytes:

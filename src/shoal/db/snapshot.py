@@ -111,6 +111,18 @@ class Snapshot:
         out = [seg.uids[seg.live[: seg.view.count] & np.isin(seg.uids, uids)] for seg in self.segments]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
+    def live_mask(self, uids: np.ndarray) -> np.ndarray:
+        """Whether each of ``uids`` (any order) is a live row here: a binary search per
+        segment, for a few ids (``live_among`` reads every row id of every segment)."""
+        out = np.zeros(uids.size, bool)
+        for seg in self.segments:
+            ids = seg.uids
+            if ids.size == 0 or uids.size == 0:
+                continue
+            pos = np.minimum(np.searchsorted(ids, uids), ids.size - 1)
+            out |= (ids[pos] == uids) & seg.live[pos]
+        return out
+
     def vector_of(self, uid: int) -> np.ndarray | None:
         found = self.locate(uid)
         return None if found is None else found[0].view.vectors[found[1]].copy()
