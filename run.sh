@@ -12,10 +12,11 @@ shift || true
 extras=test
 [ "$cmd" = bench ] && extras=bench,test
 venv=.venv
-stamp="$venv/.installed-$extras-$(cksum pyproject.toml | cut -d' ' -f1)"
+stamp="$venv/.installed-$extras-$(cat pyproject.toml constraints-test.txt | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+  # (constraints-test.txt: PyTorch, for the default embedding model, as a CPU build)
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" -c constraints-test.txt
   touch "$stamp"
 fi
 py="$venv/bin/python"

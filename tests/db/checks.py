@@ -18,9 +18,14 @@ def state(db) -> dict:
         keys = list(points)
         for key, got in zip(keys, col.get(keys) if keys else []):  # get agrees with scan
             assert got is not None and (tuple(got["vector"].tolist()), got["payload"]) == points[key]
+            if got["document"] is not None:
+                points[key] = (*points[key], got["document"])
         for key in keys[:5]:  # and search finds each point where it is
             hits = col.search(np.array(points[key][0], np.float32), k=1, ef=64)
             assert hits and hits[0].distance <= 1e-5
+            if len(points[key]) > 2:  # and keyword search finds its document, once
+                found = col.search(text=points[key][2], k=len(points), mode="keyword", with_document=True)
+                assert [h.document for h in found].count(points[key][2]) == 1
         out[name] = points
     return out
 

@@ -34,13 +34,16 @@ def vec(i: int) -> np.ndarray:
 
 
 def _upsert(keys, tag):
+    # Every point has a document (its words: the tag and the key), so that the crash states
+    # check documents and the keyword index too (``checks.state``).
     def op(db):
         db.get_collection("c").upsert(keys, np.stack([vec(hash((k, tag)) % 10**6) for k in keys]),
-                                      [{"g": tag, "k": str(k)} for k in keys])
+                                      [{"g": tag, "k": str(k)} for k in keys],
+                                      documents=[f"tag{tag} key{k}" for k in keys])
 
     def model(m):
         for k in keys:
-            m["c"][k] = (tuple(vec(hash((k, tag)) % 10**6).tolist()), {"g": tag, "k": str(k)})
+            m["c"][k] = (tuple(vec(hash((k, tag)) % 10**6).tolist()), {"g": tag, "k": str(k)}, f"tag{tag} key{k}")
     return op, model
 
 
@@ -59,7 +62,7 @@ def _delete_filter(tag):
         db.get_collection("c").delete(filter={"g": tag})
 
     def model(m):
-        for k in [k for k, (_, p) in m["c"].items() if p["g"] == tag]:
+        for k in [k for k, (_, p, *_) in m["c"].items() if p["g"] == tag]:
             del m["c"][k]
     return op, model
 
@@ -166,7 +169,8 @@ def run(path, hook, workload=WORKLOAD) -> tuple[dict, dict, str] | None:
 
 
 def points_of(model: dict) -> dict:
-    return {c: {k: (v, p) for k, (v, p) in pts.items()} for c, pts in model.items()}
+    """What ``checks.state`` reads back for a model: (vector, payload, document) per key."""
+    return {c: dict(pts) for c, pts in model.items()}
 
 
 @pytest.mark.parametrize("err, workload", [(errno.EIO, WORKLOAD), (errno.ENOSPC, WORKLOAD),

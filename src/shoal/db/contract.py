@@ -111,9 +111,8 @@ def collection_embedding(config: dict, embedding: Any) -> Embedding | None:
             return resolve_embedding(DEFAULT_EMBEDDING, check_extra=False)
         return None
     emb = resolve_embedding(embedding)
+    probe_dim(emb)  # (a function of the caller's embeds one short text to tell)
     emb.check_dim(int(config["dim"]), config["name"])
-    if emb.dim is None:
-        emb.dim = int(config["dim"])
     return emb
 
 
