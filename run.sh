@@ -9,14 +9,15 @@ cd "$(dirname "$0")"
 cmd="${1:-demo}"
 shift || true
 
-extras=test
+extras=test                      # the demo needs the package alone
 [ "$cmd" = bench ] && extras=bench,test
+[ "$cmd" = demo ] && extras=
 venv=.venv
 stamp="$venv/.installed-$extras-$(cat pyproject.toml constraints-test.txt | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   # (constraints-test.txt: PyTorch, for the default embedding model, as a CPU build)
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" -c constraints-test.txt
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}" -c constraints-test.txt
   touch "$stamp"
 fi
 py="$venv/bin/python"
