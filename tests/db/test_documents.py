@@ -171,3 +171,19 @@ def test_the_default_model_reproduces_the_datasets_embeddings(tmp_path):
         col = db.get_collection("w")
         assert col.embedding is not None and col.search(text=q, k=1)[0].id == \
             col.search(ds.queries[0], k=1)[0].id
+
+
+def test_keyword_search_leaves_out_words_most_documents_have(tmp_path):
+    """In a collection of more than ``COMMON_MIN`` documents, a word found in more than
+    ``COMMON_FRACTION`` of them is left out of a query that has a rarer word (it weighs little
+    and costs most of the time); a query of common words only keeps them."""
+    from shoal.db import payloads
+
+    n = payloads.COMMON_MIN + 200
+    with shoal.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=4)
+        docs = [f"the item {i}" + (" rare" if i % 100 == 0 else "") for i in range(n)]
+        col.upsert(list(range(n)), np.ones((n, 4), np.float32), documents=docs)
+        got = col.search(text="the rare", k=n, mode="keyword")
+        assert sorted(h.id for h in got) == [i for i in range(n) if i % 100 == 0]
+        assert len(col.search(text="the", k=n, mode="keyword")) == n

@@ -49,6 +49,12 @@ _CHUNK = 500  # SQLite's limit on bound parameters is 32766; stay well below it
 #: FTS5's tokenizer for documents: Unicode words, case and diacritics folded, English stems.
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 _WORD = re.compile(r"\w+")
+#: Keyword search leaves out of a query the words found in more than this share of the
+#: documents (at least COMMON_MIN of them), when some word of the query is rarer: their BM25
+#: weight is small (log 9 at 10%, against about 10 for a rare word) and reading their
+#: postings is most of the query's time ("the", "of": 54 ms median on WordNet with them).
+COMMON_FRACTION = 0.1
+COMMON_MIN = 1000
 
 
 def check_keys(keys: Any, name: str = "ids") -> list[Key]:
@@ -224,6 +230,10 @@ class PayloadStore:
         self._has_retired = "retired" in tables  # a read-only store from before format 3 has none
         self._has_meta = "meta" in tables
         self._has_documents = "documents" in tables  # (nor one from before documents)
+        #: About how many documents there are (for ``keyword``'s common words; counted at
+        #: open, then kept by this process's writes).
+        self._documents = self._db.execute("SELECT count(*) FROM documents").fetchone()[0] \
+            if self._has_documents else 0
         self.indexed = frozenset(f for (f,) in self._db.execute("SELECT field FROM indexed_fields")) \
             if "indexed_fields" in tables else frozenset()
 
@@ -330,6 +340,7 @@ class PayloadStore:
             self._db.executemany("INSERT INTO points (uid, key, payload) VALUES (?, ?, ?)", rows)
             if docs:
                 self._db.executemany("INSERT INTO documents (uid, document) VALUES (?, ?)", docs)
+                self._documents += len(docs)
             if self.indexed:
                 new = [r[0] for r in rows]
                 for lo in range(0, len(new), _CHUNK):
@@ -362,7 +373,8 @@ class PayloadStore:
             doomed = [u for (u,) in self._db.execute("SELECT uid FROM retired WHERE seq <= ?", (int(through_seq),))]
             self._db.executemany("DELETE FROM retired WHERE uid = ?", [(u,) for u in doomed])
             self._db.executemany("DELETE FROM field_index WHERE uid = ?", [(u,) for u in doomed])
-            self._db.executemany("DELETE FROM documents WHERE uid = ?", [(u,) for u in doomed])
+            gone = self._db.executemany("DELETE FROM documents WHERE uid = ?", [(u,) for u in doomed]).rowcount
+        self._documents -= max(gone, 0)
         return len(doomed)
 
     def roll_back(self, last_seq: int, kept_uids: np.ndarray) -> int:
@@ -476,9 +488,11 @@ class PayloadStore:
         shows) whose documents best match the words of ``text`` by BM25 (any word may match;
         rarer words weigh more), among those matching ``flt``: uids int64 and scores float64
         (higher is better), best first."""
-        words = _WORD.findall(text)
+        words = list(dict.fromkeys(_WORD.findall(text)))
         if not words or not self._has_documents:
             return np.zeros(0, np.int64), np.zeros(0)
+        with self._read() as con:
+            words = self._uncommon(con, words)
         query = " OR ".join(f'"{w}"' for w in words)  # each word quoted: no FTS5 syntax from users
         sql = ("SELECT rowid, -bm25(documents_fts) FROM documents_fts WHERE documents_fts MATCH ?")
         params: list[Any] = [query]
@@ -497,6 +511,17 @@ class PayloadStore:
             return np.zeros(0, np.int64), np.zeros(0)
         uids, scores = zip(*rows)
         return np.array(uids, np.int64), np.array(scores, np.float64)
+
+    def _uncommon(self, con: sqlite3.Connection, words: list[str]) -> list[str]:
+        """``words`` less those in more than ``COMMON_FRACTION`` of the documents (all of
+        them if every one is that common). Counting stops past the threshold."""
+        limit = max(int(COMMON_FRACTION * self._documents), COMMON_MIN)
+        if self._documents <= limit:
+            return words
+        rare = [w for w in words if con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM documents_fts WHERE documents_fts MATCH ? LIMIT ?)",
+            (f'"{w}"', limit + 1)).fetchone()[0] <= limit]
+        return rare or words
 
     def int_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(uids, keys) int64 of every version (retired ones too) whose key is an integer."""
