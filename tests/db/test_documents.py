@@ -96,7 +96,13 @@ def test_a_custom_embedding_is_the_callers_to_pass_again(tmp_path):
 def test_a_langchain_embeddings_object_embeds_documents_and_queries(tmp_path):
     from langchain_core.embeddings import DeterministicFakeEmbedding
 
-    fake = DeterministicFakeEmbedding(size=12)
+    class AsymmetricFake(DeterministicFakeEmbedding):
+        """Queries embedded apart from documents (as e5-style models do)."""
+
+        def embed_query(self, text):
+            return super().embed_query("query: " + text)
+
+    fake = AsymmetricFake(size=12)
     with shoal.open(tmp_path / "db") as db:
         col = db.create_collection("c", embedding=fake)
         assert col.dim == 12
@@ -105,6 +111,10 @@ def test_a_langchain_embeddings_object_embeds_documents_and_queries(tmp_path):
         np.testing.assert_allclose(col.get(["b"])[0]["vector"], x / np.linalg.norm(x), rtol=1e-5, atol=1e-6)
         q = np.array(fake.embed_query("beta"), np.float32)
         assert [h.id for h in col.search(text="beta", k=2)] == [h.id for h in col.search(q, k=2)]
+        d = np.array(fake.embed_documents(["beta"])[0], np.float32)
+        hit = col.search(text="beta", k=1)[0]  # scored against the query embedding, not the document one
+        assert abs(hit.score - float(q @ col.get([hit.id])[0]["vector"]) / np.linalg.norm(q)) < 1e-5
+        assert not np.allclose(q, d)
 
 
 def test_bad_embedding_functions_are_refused_with_clear_errors(tmp_path):

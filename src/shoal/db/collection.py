@@ -106,6 +106,11 @@ def _is_io_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 10) & 0xFF) in _SQLITE_IO
 
 
+def _id_rows(top_u: np.ndarray, top_d: np.ndarray) -> list[list[tuple[int, float]]]:
+    """(row id, distance) per query, padding left out: a half of a hybrid search."""
+    return [[(u, d) for u, d in zip(us, ds) if u >= 0] for us, ds in zip(top_u.tolist(), top_d.tolist())]
+
+
 class Collection:
     """A named collection in a ``shoal.Database``; get one with ``db.create_collection`` or
     ``db.get_collection``, not by calling this class."""
@@ -666,23 +671,23 @@ class Collection:
         keys = contract.prepare_keys(ids)
         snap = self._snap
         out: list[dict | None] = []
-        uids = []
+        shown: list[tuple[dict, int]] = []  # (record, the row id of the version shown)
         for key, versions in zip(keys, self._store.versions(keys)):
             rec = None
             for uid, payload in sorted(versions, reverse=True):  # newest first
                 found = snap.locate(uid)
                 if found is not None:
                     seg, node = found
-                    rec = {"id": key, "payload": loads(payload), "document": uid}
+                    rec = {"id": key, "payload": loads(payload), "document": None}
                     if with_vector:
                         rec["vector"] = seg.view.vectors[node].copy()
-                    uids.append(uid)
+                    shown.append((rec, uid))
                     break
             out.append(rec)
-        docs = self._store.documents_of(np.array(uids, np.int64)) if uids else {}
-        for rec in out:
-            if rec is not None:
-                rec["document"] = docs.get(rec["document"])
+        if shown:
+            docs = self._store.documents_of(np.array([uid for _, uid in shown], np.int64))
+            for rec, uid in shown:
+                rec["document"] = docs.get(uid)
         return out
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[Key], np.ndarray, list[dict]]]:
@@ -760,9 +765,18 @@ class Collection:
             return self._rows(snap, *self._nearest(snap, s.queries, s.k, s.ef, s.filter, num_threads), *want)
         if s.mode == "keyword":
             return self._rows(snap, *self._keyword(snap, s.texts, s.k, s.filter), *want)
+        # Hybrid: both halves fused on row ids (one per point in a snapshot), and only the
+        # fused top k turned into ids, payloads and documents.
         n = contract.hybrid_candidates(s.k)
-        return contract.fuse(self._rows(snap, *self._nearest(snap, s.queries, n, s.ef, s.filter, num_threads), *want),
-                             self._rows(snap, *self._keyword(snap, s.texts, n, s.filter), *want), s.k, s.weights)
+        halves = [_id_rows(*self._nearest(snap, s.queries, n, s.ef, s.filter, num_threads)),
+                  _id_rows(*self._keyword(snap, s.texts, n, s.filter))]
+        fused = contract.fuse(*halves, s.k, s.weights)
+        top_u = np.full((len(fused), s.k), -1, np.int64)
+        top_d = np.full((len(fused), s.k), np.inf)
+        for i, row in enumerate(fused):
+            top_u[i, :len(row)] = [r[0] for r in row]
+            top_d[i, :len(row)] = [r[1] for r in row]
+        return self._rows(snap, top_u, top_d, *want)
 
     def _nearest(self, snap: Snapshot, q: np.ndarray, k: int, ef: int | None, filter: dict | None,
                  num_threads: int | None) -> tuple[np.ndarray, np.ndarray]:

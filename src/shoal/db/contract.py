@@ -316,9 +316,9 @@ def hit_metric(mode: str, metric: str) -> str:
 
 def fuse(vector_rows: list[list[tuple]], keyword_rows: list[list[tuple]], k: int,
          weights: tuple[float, float]) -> list[list[tuple]]:
-    """Reciprocal rank fusion of two result lists per query (rows ``(id, distance, payload,
-    vector, document)``, best first): the ``k`` best by fused score, as rows whose distance is
-    minus that score (ties: the vector half's order, then the keyword half's)."""
+    """Reciprocal rank fusion of two result lists per query (rows ``(id, distance, ...)``, best
+    first; ids of users or row ids): the ``k`` best by fused score, as the same rows with minus
+    that score as distance (ties: the vector half's order, then the keyword half's)."""
     out = []
     for vec, kw in zip(vector_rows, keyword_rows):
         score: dict[tuple[type, Key], float] = {}
